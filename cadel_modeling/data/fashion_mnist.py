@@ -1,0 +1,75 @@
+"""Fashion-MNIST-LT: the embedded default dataset (real images, small enough for a laptop CPU).
+
+Read from the idx files Debian's ``dataset-fashion-mnist`` installs (or ``data_dir``) when present, otherwise from
+the Hub (``zalando-datasets/fashion_mnist``). The training split is made long-tailed with the exponential profile;
+a class-balanced validation split is drawn from the unused training images; the 10k test split is untouched.
+"""
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+
+from .long_tail import long_tailed_counts, subsample_long_tailed
+
+DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
+HUB_ID = "zalando-datasets/fashion_mnist"
+CLASS_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+MEAN, STD = (0.2860,) * 3, (0.3530,) * 3
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as fh:
+        data = fh.read()
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def _find_idx_dir(data_dir):
+    for d in ([data_dir] if data_dir else []) + [DEBIAN_DIR]:
+        if d and all(any((Path(d) / f"{n}{ext}").exists() for ext in (".gz", ""))
+                     for n in ("train-images-idx3-ubyte", "t10k-images-idx3-ubyte")):
+            return Path(d)
+    if data_dir:
+        raise FileNotFoundError(f"no Fashion-MNIST idx files (train-images-idx3-ubyte[.gz], ...) in {data_dir}")
+    return None
+
+
+def _load_arrays(data_dir):
+    """(train_images, train_labels, test_images, test_labels) as uint8 / int64 numpy arrays."""
+    d = _find_idx_dir(data_dir)
+    if d is not None:
+        def read(name):
+            path = d / f"{name}.gz" if (d / f"{name}.gz").exists() else d / name
+            return _read_idx(path)
+        return (read("train-images-idx3-ubyte"), read("train-labels-idx1-ubyte").astype(np.int64),
+                read("t10k-images-idx3-ubyte"), read("t10k-labels-idx1-ubyte").astype(np.int64))
+    from datasets import load_dataset  # online users: the same data from the Hub
+    hub = load_dataset(HUB_ID)
+    arrays = []
+    for split in ("train", "test"):
+        arrays += [np.stack([np.asarray(im) for im in hub[split]["image"]]), np.asarray(hub[split]["label"], np.int64)]
+    return tuple(arrays)
+
+
+def build_fashion_mnist_lt(cfg):
+    from datasets import ClassLabel, Dataset, Features, Image
+
+    from . import LongTailedData
+
+    x_train, y_train, x_test, y_test = _load_arrays(cfg.data_dir)
+    counts = long_tailed_counts(cfg.n_max or 500, len(CLASS_NAMES), cfg.imb_factor, cfg.imb_type)
+    train_idx, val_idx = subsample_long_tailed(y_train, counts, seed=cfg.seed, val_per_class=cfg.val_per_class)
+    features = Features({"image": Image(), "label": ClassLabel(names=CLASS_NAMES)})
+
+    def make(images, labels):
+        return Dataset.from_dict({"image": list(images), "label": labels.tolist()}, features=features)
+
+    return LongTailedData(
+        train=make(x_train[train_idx], y_train[train_idx]),
+        splits={"val": make(x_train[val_idx], y_train[val_idx]), "test": make(x_test, y_test)},
+        class_names=list(CLASS_NAMES), mean=MEAN, std=STD,
+        notes=[f"Fashion-MNIST-LT: exp profile, n_max={cfg.n_max or 500}, IF={cfg.imb_factor:g}, seed={cfg.seed}; "
+               f"val = {cfg.val_per_class}/class from unused training images; test = the balanced 10k test set"])

@@ -1,0 +1,158 @@
+"""Stage 1: joint training of the cascade with the confidence-bin loss; best epoch chosen on validation."""
+from __future__ import annotations
+
+import logging
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate.utils import set_seed
+
+from .data import build_datasets
+from .data.loaders import build_eval_loader, build_train_loader
+from .losses import CascadeLoss
+from .modeling import build_model
+from .optim import build_optimizer
+from .training import (
+    NonFiniteLossError,
+    Preemption,
+    TrainState,
+    accuracy,
+    append_jsonl,
+    predict,
+    resolve_resume,
+    save_checkpoint,
+    save_model,
+    selection_scores,
+    train_one_epoch,
+    write_json,
+)
+
+logger = logging.getLogger("cadel")
+
+
+def setup_logging(accelerator) -> None:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
+                        level=logging.INFO if accelerator.is_main_process else logging.ERROR, force=True)
+    import datasets
+    import transformers
+    logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per checkpoint file is noise
+    datasets.utils.logging.set_verbosity_error()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def prepare_output_dir(cfg, accelerator, resuming: bool) -> Path:
+    """Refuse to write into a used output_dir unless resuming or told to overwrite: results are never lost."""
+    out = Path(cfg.output_dir)
+    used = out.exists() and any(out.iterdir())
+    if used and not (resuming or cfg.overwrite_output_dir):
+        raise FileExistsError(f"output_dir {out} already holds a run; pass --resume_from_checkpoint latest to "
+                              f"continue it, --overwrite_output_dir to write over it, or choose another --output_dir")
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+    return out
+
+
+def run_info(cfg, data, accelerator) -> dict:
+    import accelerate
+    import timm
+    import transformers
+    return {"command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]), "num_processes": accelerator.num_processes,
+            "mixed_precision": accelerator.mixed_precision, "device": str(accelerator.device),
+            "versions": {"python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__,
+                         "accelerate": accelerate.__version__, "transformers": transformers.__version__},
+            "class_names": data.class_names, "class_counts": data.class_counts, "data_notes": data.notes}
+
+
+def run(cfg) -> dict:
+    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum_steps,
+                              dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
+    setup_logging(accelerator)
+    resume_path = resolve_resume(cfg.resume_from_checkpoint, cfg.output_dir)
+    out = prepare_output_dir(cfg, accelerator, resuming=bool(cfg.resume_from_checkpoint))
+    set_seed(cfg.seed)
+    with accelerator.main_process_first():
+        data = build_datasets(cfg)
+    if accelerator.is_main_process:
+        cfg.save(out / "config.yaml")
+        write_json(out / "run_info.json", run_info(cfg, data, accelerator))
+    for note in data.notes:
+        logger.info(note)
+
+    model = build_model(cfg, data)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    n_backbone = sum(p.numel() for p in model.backbone.parameters())
+    logger.info("%s cascade: backbone %.2fM params; exits %s", cfg.backbone, n_backbone / 1e6,
+                ", ".join(f"{n / 1e6:.2f}M" for n in model.num_parameters_per_exit()))
+    optimizer = build_optimizer(model, cfg)
+    train_loader = build_train_loader(cfg, data, accelerator.num_processes)
+    val_loader = build_eval_loader(cfg, data, "val", accelerator.num_processes)
+    model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
+    base_loss = cfg.base_loss if cfg.base_loss != "auto" else ("bce" if cfg.is_vit() else "ce")
+    loss_fn = CascadeLoss(cfg.bins, cfg.gamma, cfg.base_weight, cfg.weight_mode, base_loss)
+
+    state = TrainState()
+    accelerator.register_for_checkpointing(state)
+    if resume_path is not None:
+        accelerator.load_state(str(resume_path))
+        logger.info("resumed from %s at epoch %d, step %d", resume_path, state.epoch, state.step_in_epoch)
+    steps_per_epoch = len(train_loader) // cfg.grad_accum_steps
+    if steps_per_epoch == 0:
+        raise ValueError(f"batch_size {cfg.batch_size} is larger than the training split ({len(data.train)} images)")
+    net = accelerator.unwrap_model(model)
+    log_path = out / "train_log.jsonl"
+
+    def checkpoint():
+        save_checkpoint(accelerator, out, state, cfg.keep_last_checkpoints)
+
+    with Preemption() as preemption:
+        while state.epoch <= cfg.epochs:
+            t0 = time.time()
+            train_loader.set_epoch(state.epoch)
+            try:
+                stats = train_one_epoch(model, train_loader, optimizer, loss_fn, accelerator, cfg, state,
+                                        steps_per_epoch, preemption, on_checkpoint=checkpoint)
+            except NonFiniteLossError as exc:
+                logger.error("%s", exc)
+                raise
+            if preemption.requested:
+                checkpoint()
+                logger.warning("stopped by a signal at epoch %d step %d; checkpoint saved, resume with "
+                               "--resume_from_checkpoint latest", state.epoch, state.step_in_epoch)
+                return {"preempted": True, "epoch": state.epoch}
+            val_logits, val_labels = predict(model, val_loader, accelerator,
+                                             exits=None if net.config.resolved_inference_rule == "sum" else [len(net.aux_exits) + 1],
+                                             desc="val")
+            val_acc = accuracy(selection_scores(val_logits, net.config), val_labels)
+            improved = val_acc > state.best_metric
+            if improved:
+                state.best_metric, state.best_epoch = val_acc, state.epoch
+                if accelerator.is_main_process:
+                    save_model(net, out / "best_model", cfg)
+            record = {"epoch": state.epoch, **stats, "val_top1": val_acc, "best_val_top1": state.best_metric,
+                      "best_epoch": state.best_epoch, "epoch_time_s": round(time.time() - t0, 2)}
+            logger.info("epoch %d/%d loss %.4f lr %.5f val top-1 %.2f%%%s", state.epoch, cfg.epochs,
+                        stats["train_loss"], stats["lr"], 100 * val_acc, " (best)" if improved else "")
+            if accelerator.is_main_process:
+                append_jsonl(log_path, record)
+            state.epoch += 1
+            state.step_in_epoch = 0
+            checkpoint()
+    if accelerator.is_main_process:
+        save_model(net, out / "last_model", cfg)
+    accelerator.wait_for_everyone()
+    summary = {"best_val_top1": state.best_metric, "best_epoch": state.best_epoch, "epochs": cfg.epochs,
+               "selection": "val top-1 of " + ("the tau=1 logit-adjusted sum of exits (ViT rule)"
+                                               if net.config.resolved_inference_rule == "sum" else "the raw last exit (CNN rule)")}
+    if accelerator.is_main_process:
+        write_json(out / "stage1_summary.json", summary)
+    logger.info("stage 1 done: best val top-1 %.2f%% at epoch %d; model in %s", 100 * state.best_metric,
+                state.best_epoch, out / "best_model")
+    accelerator.end_training()
+    return summary

@@ -1,0 +1,223 @@
+"""The stage-1 training loop and the evaluation pass, written once for every device accelerate supports.
+
+Everything goes through one ``accelerator.prepare``; predictions are gathered with ``gather_for_metrics`` so no
+sample counts twice; the learning rate is a function of (epoch, step) and the loop position, best metric and
+mixup generator live in ``TrainState``, so ``accelerator.save_state`` captures everything a resume needs.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import signal
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Dict, Optional, Sequence, Tuple
+
+import torch
+from tqdm.auto import tqdm
+
+from .losses import CascadeLoss, annealing_T, mixup_batch
+from .modeling import (
+    CadelConfig,
+    CadelForImageClassification,
+    adjust_logits,
+    combine_exits,
+)
+from .optim import scheduled_lr, set_learning_rate
+
+logger = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------------ evaluation
+@torch.no_grad()
+def predict(model, loader, accelerator, exits: Optional[Sequence[int]] = None, desc: str = "eval"
+            ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Exit logits ``[K, N, C]`` (float32, CPU) and labels ``[N]`` of a whole split, gathered over processes."""
+    net = accelerator.unwrap_model(model)
+    was_training = net.training
+    net.eval()
+    logits, labels = [], []
+    for batch in tqdm(loader, desc=desc, disable=not accelerator.is_local_main_process, leave=False):
+        with accelerator.autocast():
+            outs = net.exit_features(batch["pixel_values"], exits)
+        stacked = torch.stack([o.float() for o in outs], dim=1)  # [B, K, C]: one gather for all exits
+        stacked, y = accelerator.gather_for_metrics((stacked, batch["labels"]))
+        logits.append(stacked.cpu())
+        labels.append(y.cpu())
+    net.train(was_training)
+    return torch.cat(logits).transpose(0, 1).contiguous(), torch.cat(labels)
+
+
+def selection_scores(exit_logits: torch.Tensor, model_config: CadelConfig) -> torch.Tensor:
+    """Scores the original used to pick the best epoch: CNN raw last exit; ViT sum of exits with tau = 1."""
+    if model_config.resolved_inference_rule == "sum":
+        return adjust_logits(combine_exits(list(exit_logits), "sum"), model_config.class_counts, 1.0,
+                             num_terms=exit_logits.shape[0])
+    return exit_logits[-1]
+
+
+# ------------------------------------------------------------------------------------------------ training state
+@dataclass
+class TrainState:
+    """Loop position and best-so-far, saved with every checkpoint (``accelerator.register_for_checkpointing``)."""
+
+    epoch: int = 1                 # 1-indexed epoch in progress (or next to start)
+    step_in_epoch: int = 0         # optimizer steps already done in ``epoch``
+    global_step: int = 0
+    best_metric: float = -1.0
+    best_epoch: int = 0
+
+    def state_dict(self):
+        return asdict(self)
+
+    def load_state_dict(self, state):
+        for k, v in state.items():
+            setattr(self, k, v)
+
+
+class Preemption:
+    """Turns SIGTERM/SIGINT into a flag checked between steps, so a checkpoint is written before exiting."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+def checkpoint_dir(output_dir) -> Path:
+    return Path(output_dir) / "checkpoints"
+
+
+def save_checkpoint(accelerator, output_dir, state: TrainState, keep_last: int) -> Path:
+    """``accelerator.save_state`` into a temporary folder renamed into place, so a crash never leaves a half
+    checkpoint that ``latest`` would pick; older checkpoints beyond ``keep_last`` are removed."""
+    root = checkpoint_dir(output_dir)
+    name = f"step_{state.global_step:08d}"
+    final, tmp = root / name, root / f".tmp_{name}"
+    if accelerator.is_main_process and tmp.exists():
+        shutil.rmtree(tmp)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for old in sorted(p for p in root.glob("step_*") if p.is_dir())[:-keep_last]:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def latest_checkpoint(output_dir) -> Optional[Path]:
+    found = sorted(p for p in checkpoint_dir(output_dir).glob("step_*") if p.is_dir())
+    return found[-1] if found else None
+
+
+def resolve_resume(resume: Optional[str], output_dir) -> Optional[Path]:
+    if not resume:
+        return None
+    path = latest_checkpoint(output_dir) if resume == "latest" else Path(resume)
+    if resume == "latest" and path is None:
+        return None  # nothing saved yet: a fresh start, so 'latest' is safe in a restart loop
+    if not path.is_dir():
+        raise FileNotFoundError(f"resume_from_checkpoint={resume!r}: no checkpoint folder at {path}")
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ the loop
+def train_one_epoch(model, loader, optimizer, loss_fn: CascadeLoss, accelerator, cfg, state: TrainState,
+                    steps_per_epoch: int, preemption: Optional[Preemption] = None,
+                    on_checkpoint=None) -> Dict[str, float]:
+    """One epoch (or the rest of it when resuming). Returns the mean loss; stops early on preemption."""
+    model.train()
+    mixup_gen = torch.Generator()
+    T = annealing_T(state.epoch, cfg.epochs)
+    loss_sum = torch.zeros((), device=accelerator.device)
+    n_done = 0
+    skip = state.step_in_epoch * cfg.grad_accum_steps
+    batches = accelerator.skip_first_batches(loader, skip) if skip else loader
+    bar = tqdm(total=steps_per_epoch, initial=state.step_in_epoch, desc=f"epoch {state.epoch}/{cfg.epochs}",
+               disable=not accelerator.is_local_main_process, leave=False)
+    for i, batch in enumerate(batches):
+        if state.step_in_epoch >= steps_per_epoch:
+            break
+        set_learning_rate(optimizer, scheduled_lr(cfg, state.epoch, state.step_in_epoch, steps_per_epoch))
+        # Mixup draws are a function of (seed, process, step): per process as in the original, exact on resume.
+        mixup_gen.manual_seed(cfg.seed * 1_000_003 + accelerator.process_index * 7_919
+                              + state.global_step * 31 + i % cfg.grad_accum_steps)
+        x, y_a, y_b, lam = mixup_batch(batch["pixel_values"], batch["labels"], cfg.mixup_alpha, mixup_gen)
+        with accelerator.accumulate(model):
+            exit_logits = model(pixel_values=x).exit_logits
+            loss = loss_fn(exit_logits, y_a, y_b, lam, T)
+            # One sync per step, agreed by all processes (a lone skip would hang DDP): a NaN never reaches the weights.
+            finite = bool(accelerator.gather(torch.isfinite(loss.detach()).reshape(1)).all())
+            if not finite:
+                msg = f"non-finite loss at epoch {state.epoch}, step {state.step_in_epoch} (global {state.global_step})"
+                if cfg.on_nonfinite_loss == "stop":
+                    raise NonFiniteLossError(msg + "; the last checkpoint is intact. Lower the lr or use "
+                                             "--on_nonfinite_loss skip")
+                logger.warning(msg + ": step skipped")
+                optimizer.zero_grad(set_to_none=True)
+            else:
+                accelerator.backward(loss)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                loss_sum += loss.detach()
+                n_done += 1
+        if accelerator.sync_gradients:
+            state.step_in_epoch += 1
+            state.global_step += 1
+            bar.update(1)
+            if cfg.log_every and state.global_step % cfg.log_every == 0:
+                bar.set_postfix(loss=f"{(loss_sum / max(n_done, 1)).item():.4f}")
+            if cfg.checkpointing_steps and state.global_step % cfg.checkpointing_steps == 0 and on_checkpoint:
+                on_checkpoint()
+            if preemption is not None and preemption.requested:
+                break
+    bar.close()
+    mean = accelerator.reduce(loss_sum / max(n_done, 1), reduction="mean").item()
+    return {"train_loss": mean, "lr": scheduled_lr(cfg, state.epoch, 0, steps_per_epoch), "T": T}
+
+
+def save_model(net: CadelForImageClassification, path, cfg) -> None:
+    """Weights + model config (tau, counts, labels) + the run config that made them, in one folder."""
+    from .hub import RUN_CONFIG_NAME
+    net.save_pretrained(str(path))
+    cfg.save(Path(path) / RUN_CONFIG_NAME)
+
+
+def write_json(path, obj) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(str(path) + ".tmp")
+    with open(tmp, "w") as fh:
+        json.dump(obj, fh, indent=2)
+    os.replace(tmp, path)
+
+
+def append_jsonl(path, obj) -> None:
+    with open(path, "a") as fh:
+        fh.write(json.dumps(obj) + "\n")
+
+
+def accuracy(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    return (scores.argmax(-1) == labels).float().mean().item() if len(labels) else math.nan

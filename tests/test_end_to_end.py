@@ -1,0 +1,61 @@
+"""Real training on real data, through the same entry points users run: stage 1 must learn, stage 2 must pick tau
+on validation, evaluation must write its reports, and a used output folder must never be overwritten."""
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cadel_modeling import evaluation, stage2
+from cadel_modeling.config import parse_config, parse_config_with_base
+from cadel_modeling.hub import find_model_dir, run_config_path
+from cadel_modeling.modeling import CadelForImageClassification
+
+pytestmark = pytest.mark.slow
+
+
+def test_stage1_learns_and_writes_its_outputs(trained_run):
+    out, summary = trained_run
+    assert summary["best_val_top1"] > 0.35, summary  # chance is 0.10 on the balanced validation split
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2, 3]
+    assert log[-1]["train_loss"] < log[0]["train_loss"] * 1.5 and all(r["T"] < 1 for r in log)
+    assert yaml.safe_load((out / "config.yaml").read_text())["epochs"] == 3
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["class_counts"] == [500, 299, 179, 107, 64, 38, 23, 13, 8, 5]
+    model = CadelForImageClassification.from_pretrained(str(out / "best_model"))
+    assert model.config.class_counts == info["class_counts"] and model.config.tau == 0.0
+    assert (out / "best_model" / "run_config.yaml").exists() and (out / "last_model").is_dir()
+
+
+def test_stage2_picks_tau_on_val_and_evaluate_reports(trained_run):
+    out, _ = trained_run
+    cfg = parse_config_with_base(["--stage1_dir", str(out)], "", "stage1_dir", lambda d: Path(d) / "config.yaml")
+    assert cfg.backbone == "resnet18" and cfg.epochs == 3  # the stage-1 run's config is the base
+    summary = stage2.run(cfg)
+    sweep = summary["val_sweep"]
+    best = max(r["top1"] for r in sweep)
+    assert summary["tau"] == next(r["tau"] for r in sweep if r["top1"] == best)
+    model_dir = out / "stage2_logit_adjustment" / "model"
+    assert CadelForImageClassification.from_pretrained(str(model_dir)).config.tau == summary["tau"]
+
+    assert find_model_dir(str(out)) == model_dir  # a run folder resolves to its newest stage
+    eval_cfg = parse_config_with_base(["--eval_model", str(out)], "", "eval_model",
+                                      lambda ref: run_config_path(find_model_dir(ref)))
+    results = evaluation.run(eval_cfg)
+    report = json.loads((model_dir / "eval_test" / "results.json").read_text())
+    main = report["results"][report["main"]]
+    assert main["accuracy"] > 0.30 and main["num_samples"] == 10000
+    assert results[report["main"]]["accuracy"] == main["accuracy"]
+    csv_lines = (model_dir / "eval_test" / "per_class.csv").read_text().splitlines()
+    assert len(csv_lines) == 11
+    assert (model_dir / "eval_test" / "per_class_accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_used_output_dir_is_never_overwritten(trained_run):
+    out, _ = trained_run
+    from cadel_modeling import stage1
+    before = (out / "train_log.jsonl").read_text()
+    with pytest.raises(FileExistsError, match="--overwrite_output_dir"):
+        stage1.run(parse_config(["--config", "fashion_mnist_lt", "--output_dir", str(out)]))
+    assert (out / "train_log.jsonl").read_text() == before

@@ -1,0 +1,274 @@
+"""Hub integration, offline: Auto-class round trip, pipeline scores, image processor, model card, upload set,
+failing uploads and Hub ids served from the local cache. A tiny fake run stands in for training."""
+import hashlib
+import json
+import logging
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cadel_modeling.config import RunConfig
+from cadel_modeling.hub import (
+    build_image_processor,
+    build_model_card,
+    files_to_upload,
+    find_model_dir,
+    paper_result,
+    push_to_hub,
+    register_auto_classes,
+    run_config_path,
+    save_image_processor,
+)
+from cadel_modeling.hub import main as hub_main
+from cadel_modeling.modeling import CadelConfig, CadelForImageClassification
+from cadel_modeling.training import save_model
+
+COUNTS = [200, 120, 80, 50, 30, 20, 12, 8, 6, 5]
+TAU = 1.0
+MAIN = "last rule, tau=1"
+TEST_MAIN = {"accuracy": 0.6123, "many_accuracy": 0.9, "medium_accuracy": 0.5531, "few_accuracy": 0.3012,
+             "top5_accuracy": 0.95, "ece": 0.05, "nll": 1.234, "macro_f1": 0.6}
+VAL_MAIN = {"accuracy": 0.58, "many_accuracy": 0.85, "medium_accuracy": 0.5, "few_accuracy": 0.25}
+STAGE1_COMMAND = "train_stage1.py --config fashion_mnist_lt --backbone test_resnet --epochs 2 --output_dir runs/tiny"
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    from huggingface_hub import constants
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+
+
+def write_json(path, obj):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj))
+
+
+def write_results(folder: Path, split: str, main: dict):
+    write_json(folder / "results.json", {"split": split, "tau": TAU, "main": MAIN, "results": {
+        "last rule, tau=0": {**main, "accuracy": main["accuracy"] - 0.1},
+        MAIN: {**main, "per_class_accuracy": [0.5] * 10},
+        "exit 1 alone, tau=1": {**main, "accuracy": 0.2}}})
+    (folder / "per_class.csv").write_text("class_id,class_name,train_count,shot,accuracy\n0,c0,200,many,0.5\n")
+    Image.new("RGB", (8, 8)).save(folder / "per_class_accuracy.png")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A stage-1 run folder with a stage-2 model (tau = 1) evaluated on test (by stage 2) and val (by evaluate.py)."""
+    out = tmp_path_factory.mktemp("runs") / "tiny_lt"
+    cfg = RunConfig(output_dir=str(out), backbone="test_resnet", image_size=32, augmentation="small",
+                    aux_head="light", epochs=2, seed=3, weight_mode="per_sample", tau_grid=[0.5, 1.0])
+    model_cfg = CadelConfig(backbone="test_resnet", num_labels=10, image_size=32, aux_head="light",
+                            class_counts=COUNTS, id2label={i: f"class_{i}" for i in range(10)},
+                            label2id={f"class_{i}": i for i in range(10)})
+    torch.manual_seed(0)
+    model = CadelForImageClassification(model_cfg).eval()
+    cfg.save(out / "config.yaml")
+    write_json(out / "run_info.json", {"command": STAGE1_COMMAND, "num_processes": 1, "mixed_precision": "no",
+                                       "versions": {"torch": torch.__version__}, "class_counts": COUNTS,
+                                       "data_notes": ["a tiny fake run"]})
+    (out / "train_log.jsonl").write_text('{"epoch": 1, "val_top1": 0.4}\n{"epoch": 2, "val_top1": 0.5}\n')
+    write_json(out / "stage1_summary.json", {"best_val_top1": 0.5, "best_epoch": 2, "epochs": 2})
+    save_model(model, out / "best_model", cfg)
+    save_image_processor(out / "best_model", model.config, cfg.augmentation)
+    stage2 = out / "stage2_logit_adjustment"
+    model.config.tau = TAU
+    save_model(model, stage2 / "model", cfg)
+    save_image_processor(stage2 / "model", model.config, cfg.augmentation)
+    write_json(stage2 / "stage2_results.json", {"method": "logit_adjustment", "tau": TAU, "tau_selected_on": "val",
+                                                "val_sweep": [{"tau": 0.5, "top1": 0.55}, {"tau": 1.0, "top1": 0.58}]})
+    write_results(stage2 / "eval_test", "test", TEST_MAIN)
+    write_results(stage2 / "model" / "eval_val", "val", VAL_MAIN)
+    return SimpleNamespace(dir=out, model_dir=stage2 / "model", model=model)
+
+
+def snapshot(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != "README.md"}
+
+
+class FakeApi:
+    """Records what would be uploaded; ``fail`` makes the commit raise like an unreachable Hub."""
+
+    calls = []
+    fail = False
+
+    def __init__(self, token=None):
+        self.token = token
+
+    def create_repo(self, repo_id, private=None, exist_ok=False):
+        FakeApi.calls.append(("create_repo", repo_id, private, exist_ok))
+        return SimpleNamespace(repo_id=repo_id if "/" in repo_id else f"someone/{repo_id}")
+
+    def create_commit(self, repo_id, operations, commit_message):
+        if FakeApi.fail:
+            raise ConnectionError("the Hub cannot be reached")
+        uploaded = {op.path_in_repo: Path(op.path_or_fileobj) for op in operations}
+        assert all(p.is_file() for p in uploaded.values())
+        FakeApi.calls.append(("create_commit", repo_id, uploaded))
+
+
+@pytest.fixture
+def fake_api(monkeypatch):
+    import huggingface_hub
+    FakeApi.calls, FakeApi.fail = [], False
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    return FakeApi
+
+
+def test_auto_class_round_trip_gives_identical_logits(run):
+    from transformers import AutoConfig, AutoModelForImageClassification
+    register_auto_classes()
+    loaded = AutoModelForImageClassification.from_pretrained(str(run.model_dir)).eval()
+    assert isinstance(loaded, CadelForImageClassification)
+    assert AutoConfig.from_pretrained(str(run.model_dir)).tau == TAU
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x).logits, run.model(x).logits)
+
+
+def test_pipeline_scores_are_softmax_of_tau_adjusted_logits(run):
+    from transformers import pipeline
+    register_auto_classes()
+    classifier = pipeline("image-classification", model=str(run.model_dir))
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8))
+    predictions = classifier(image, top_k=10)
+    pixel_values = classifier.image_processor(images=image, return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        raw_last_exit = run.model.exit_features(pixel_values)[-1][0].double().numpy()
+    adjusted = raw_last_exit - TAU * np.log(np.asarray(COUNTS) / sum(COUNTS))  # independent of adjust_logits
+    expected = np.exp(adjusted - adjusted.max()) / np.exp(adjusted - adjusted.max()).sum()
+    assert predictions[0]["label"] == f"class_{expected.argmax()}"
+    got = {p["label"]: p["score"] for p in predictions}
+    np.testing.assert_allclose([got[f"class_{i}"] for i in range(10)], expected, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("augmentation", ["imagenet", "small"])
+def test_image_processor_reproduces_the_evaluation_transform(augmentation, tmp_path):
+    from transformers import AutoImageProcessor
+
+    from cadel_modeling.data.transforms import build_transform
+    config = SimpleNamespace(image_size=32, image_mean=[0.2, 0.3, 0.4], image_std=[0.5, 0.6, 0.7])
+    build_image_processor(config, augmentation).save_pretrained(str(tmp_path))
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 255, (45, 61), dtype=np.uint8))  # grayscale
+    reference = build_transform(False, 32, config.image_mean, config.image_std, augmentation)(image)
+    pil = AutoImageProcessor.from_pretrained(str(tmp_path), backend="pil")(images=image, return_tensors="pt")
+    torch.testing.assert_close(pil["pixel_values"][0], reference, atol=1e-6, rtol=0)
+    fast = AutoImageProcessor.from_pretrained(str(tmp_path))(images=image, return_tensors="pt")
+    torch.testing.assert_close(fast["pixel_values"][0], reference, atol=0.05, rtol=0)  # torch resize, same geometry
+
+
+def test_model_card_parses_and_holds_the_measured_numbers(run, tmp_path):
+    from huggingface_hub import ModelCard
+    path = tmp_path / "README.md"
+    build_model_card(run.model_dir, "someone/tiny_lt").save(path)
+    card = ModelCard.load(path)
+    measured = {(r.dataset_split, r.metric_type): r.metric_value for r in card.data.eval_results}
+    keys = ("accuracy", "many_accuracy", "medium_accuracy", "few_accuracy")
+    assert measured == {**{("test", k): TEST_MAIN[k] for k in keys}, **{("val", k): VAL_MAIN[k] for k in keys}}
+    assert card.data.model_name == "tiny_lt" and card.data.pipeline_tag == "image-classification"
+    assert {"cadel", "long-tailed", "test_resnet"} <= set(card.data.tags)
+    text = card.text
+    assert f"`{STAGE1_COMMAND}`" in text
+    assert "tau = 1 chosen on the val split" in text and "`per_sample`" in text
+    assert "- `eval_val/per_class.csv`: per-class accuracy" in text
+    assert "| test | last rule, tau=1 (main) | 61.2 | 90.0 | 55.3 | 30.1 | 95.0 | 5.0 | 1.234 | 60.0 |" in text
+    assert "eval_test/per_class_accuracy.png" in text and "2 epochs" in text and "seed 3" in text
+    assert "Paper comparison: n/a" in text
+    assert 'model="someone/tiny_lt"' in text
+
+
+def test_model_card_compares_with_the_papers_number(run, tmp_path):
+    model_dir = tmp_path / "model"
+    shutil.copytree(run.model_dir, model_dir)
+    config = json.loads((model_dir / "config.json").read_text())
+    (model_dir / "config.json").write_text(json.dumps({**config, "backbone": "resnet50.a1_in1k", "image_size": 224}))
+    cfg = RunConfig(dataset="imagenet_lt", backbone="resnet50.a1_in1k")
+    cfg.save(model_dir / "run_config.yaml")
+    text = build_model_card(model_dir).text
+    assert "| paper | original CADEL README | 58.5 | 67.5 | 55.6 | 43.2 | – |" in text
+    assert "58.0% top-1 on the val split against 58.5% in the original README (-0.5 points)" in text  # no test eval
+
+
+def test_paper_results_lookup():
+    assert paper_result("imagenet_lt", "resnet50", 224)["accuracy"] == 58.5
+    assert paper_result("ImageNet-LT", "resnext50_32x4d", 224)["few_accuracy"] == 44.0
+    assert paper_result("inat18", "vit_base_patch16_384.mae", 384)["accuracy"] == 82.7
+    assert paper_result("places_lt", "resnet152", 224) == {"many_accuracy": None, "medium_accuracy": None,
+                                                           "few_accuracy": None, "accuracy": 41.4}
+    assert paper_result("fashion_mnist_lt", "resnet50", 224) is None
+    assert paper_result("imagenet_lt", "resnet18", 224) is None
+
+
+def test_files_to_upload_is_complete(run):
+    files = files_to_upload(run.dir)  # the run folder resolves to its stage-2 model
+    assert set(files) == {
+        "config.json", "model.safetensors", "preprocessor_config.json", "run_config.yaml",
+        "config.yaml", "run_info.json", "train_log.jsonl", "stage1_summary.json", "stage2_results.json",
+        "eval_test/results.json", "eval_test/per_class.csv", "eval_test/per_class_accuracy.png",
+        "eval_val/results.json", "eval_val/per_class.csv", "eval_val/per_class_accuracy.png"}
+    assert files["model.safetensors"] == run.model_dir / "model.safetensors"
+    assert files["eval_test/results.json"] == run.dir / "stage2_logit_adjustment" / "eval_test" / "results.json"
+    stage1 = files_to_upload(run.dir / "best_model")
+    assert stage1["config.json"] == run.dir / "best_model" / "config.json"
+    assert "stage2_results.json" not in stage1 and not any(k.startswith("eval_") for k in stage1)
+
+
+def test_push_uploads_model_card_and_every_file(run, fake_api):
+    assert push_to_hub(run.model_dir, private=True, token="hf_fake")
+    (_, repo_id, private, exist_ok), (_, commit_id, uploaded) = fake_api.calls
+    assert (repo_id, private, exist_ok, commit_id) == ("tiny_lt", True, True, "someone/tiny_lt")
+    assert set(uploaded) == set(files_to_upload(run.model_dir)) | {"README.md"}
+    assert uploaded["README.md"] == run.dir / "README.md"
+    assert 'model="someone/tiny_lt"' in (run.dir / "README.md").read_text()  # the namespaced id after create_repo
+
+
+def test_failed_push_keeps_the_local_results(run, fake_api, caplog):
+    before = snapshot(run.dir)
+    fake_api.fail = True
+    with caplog.at_level(logging.ERROR, logger="cadel"):
+        assert push_to_hub(run.dir, "someone/tiny_lt") is False
+    assert snapshot(run.dir) == before
+    assert "retry with: python -m cadel_modeling.hub" in caplog.text and "cannot be reached" in caplog.text
+    assert hub_main([str(run.dir), "--repo_id", "someone/tiny_lt"]) == 1  # the retry command reports failure too
+    assert snapshot(run.dir) == before
+    from huggingface_hub import ModelCard
+    assert ModelCard.load(run.dir / "README.md").data.model_name == "tiny_lt"
+
+
+def test_hub_id_resolves_offline_from_the_local_cache(run, tmp_path, monkeypatch, fake_api):
+    from huggingface_hub import constants
+
+    from cadel_modeling.evaluation import load_model
+    repo = tmp_path / "hub" / "models--someone--tiny_lt"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    shutil.copytree(run.model_dir, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+
+    model_dir = find_model_dir("someone/tiny_lt")
+    assert model_dir.resolve() == (repo / "snapshots" / commit).resolve()
+    assert run_config_path(model_dir) is not None  # evaluate.py takes its defaults from it
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(load_model(model_dir)(x).logits, run.model(x).logits)
+    with pytest.raises(FileNotFoundError, match="local cache"):
+        find_model_dir("someone/never-downloaded")
+    with pytest.raises(FileNotFoundError, match="no model folder"):
+        find_model_dir("no/such/folder")
+
+    # evaluate.py on a Hub id: new results live outside the cache, and so must the card
+    with pytest.raises(ValueError, match="card_path"):
+        push_to_hub(model_dir, "someone/tiny_lt")
+    write_results(tmp_path / "out" / "eval_test", "test", {**TEST_MAIN, "accuracy": 0.7})
+    assert push_to_hub(model_dir, "someone/tiny_lt", eval_dirs=[tmp_path / "out" / "eval_test"],
+                       card_path=tmp_path / "out" / "README.md")
+    uploaded = fake_api.calls[-1][2]
+    assert uploaded["eval_test/results.json"] == tmp_path / "out" / "eval_test" / "results.json"
+    assert "| test | last rule, tau=1 (main) | 70.0 |" in (tmp_path / "out" / "README.md").read_text()
