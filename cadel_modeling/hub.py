@@ -324,7 +324,8 @@ def _provenance_lines(folders: RunFolders, run_cfg: dict, tau: float, evaluation
     if run_cfg.get("weight_mode"):
         mode = run_cfg["weight_mode"]
         lines.append(f"- Cascade loss weighting `{mode}`: {WEIGHT_MODES.get(mode, mode)}")
-    lines.append(f"- {run_cfg.get('epochs', '?')} epochs"
+    epochs = run_cfg.get("epochs", "?")
+    lines.append(f"- {epochs} epoch{'' if epochs == 1 else 's'}"
                  + (f" (best validation top-1 {100 * stage1['best_val_top1']:.1f}% at epoch {stage1['best_epoch']})"
                     if "best_val_top1" in stage1 else "")
                  + f", seed {run_cfg.get('seed', '?')}, batch size {run_cfg.get('batch_size', '?')}, "
@@ -333,7 +334,8 @@ def _provenance_lines(folders: RunFolders, run_cfg: dict, tau: float, evaluation
                  f"{'pretrained' if run_cfg.get('pretrained') else 'randomly initialised'} backbone")
     if info.get("versions"):
         versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items())
-        lines.append(f"- {info.get('num_processes', 1)} process(es), mixed precision "
+        processes = info.get("num_processes", 1)
+        lines.append(f"- {processes} process{'' if processes == 1 else 'es'}, mixed precision "
                      f"{info.get('mixed_precision', 'no')}; {versions}")
     lines += [f"- Data: {note}" for note in info.get("data_notes", [])]
     return lines + ["", ("Repeat it from the uploaded resolved config: `accelerate launch train_stage1.py --config "
@@ -399,9 +401,11 @@ def push_to_hub(path, repo_id: Optional[str] = None, *, private: bool = False, t
                       for name, local in files.items()]
         api.create_commit(repo_id=full_id, operations=operations, commit_message=commit_message)
     except Exception as exc:  # noqa: BLE001 - any upload failure must leave the finished run usable
-        logger.error("pushing %s to the Hub as %s failed (%s: %s). The local results are intact; retry with: "
-                     "python -m cadel_modeling.hub %s --repo_id %s", folders.model_dir, repo_id,
-                     type(exc).__name__, exc, folders.model_dir, repo_id)
+        retry = (f"python -m cadel_modeling.hub {folders.model_dir} --repo_id {repo_id}"
+                 + " --private" * private + "".join(f" --eval_dir {d}" for d in eval_dirs)
+                 + (f" --card_path {card_path}" if eval_dirs else ""))
+        logger.error("pushing %s to the Hub as %s failed (%s: %s). The local results are intact; retry with: %s",
+                     folders.model_dir, repo_id, type(exc).__name__, exc, retry)
         return False
     logger.info("pushed %d files to https://huggingface.co/%s", len(files), full_id)
     return True

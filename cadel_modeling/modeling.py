@@ -373,8 +373,11 @@ def exit_costs(model: CadelForImageClassification, image_size: Optional[int] = N
 
     config = copy.deepcopy(model.config)
     config.image_size = image_size or config.image_size
-    with torch.device("meta"):
-        twin = type(model)(config).eval()
+    if config.image_size == model.config.image_size and next(model.parameters()).is_meta:
+        twin = model.eval()
+    else:
+        with torch.device("meta"):
+            twin = type(model)(config).eval()
     pixels = torch.empty(1, 3, config.image_size, config.image_size, device="meta")
     with FlopCounterMode(display=False) as counter:
         twin(pixel_values=pixels)

@@ -16,20 +16,9 @@ from .data.loaders import build_eval_loader, build_train_loader
 from .losses import CascadeLoss
 from .modeling import build_model
 from .optim import build_optimizer
-from .training import (
-    NonFiniteLossError,
-    Preemption,
-    TrainState,
-    accuracy,
-    append_jsonl,
-    predict,
-    resolve_resume,
-    save_checkpoint,
-    save_model,
-    selection_scores,
-    train_one_epoch,
-    write_json,
-)
+from .training import (NonFiniteLossError, Preemption, TrainState, accuracy, append_jsonl, check_checkpoint_signature,
+                       checkpoint_signature, predict, resolve_resume, save_checkpoint, save_model, selection_scores,
+                       train_one_epoch, truncate_log, write_json)
 
 logger = logging.getLogger("cadel")
 
@@ -99,17 +88,21 @@ def run(cfg) -> dict:
 
     state = TrainState()
     accelerator.register_for_checkpointing(state)
+    net = accelerator.unwrap_model(model)
+    signature = checkpoint_signature(cfg, net.config)
+    log_path = out / "train_log.jsonl"
     if resume_path is not None:
+        check_checkpoint_signature(resume_path, signature)
         accelerator.load_state(str(resume_path))
         logger.info("resumed from %s at epoch %d, step %d", resume_path, state.epoch, state.step_in_epoch)
+        if accelerator.is_main_process:
+            truncate_log(log_path, before_epoch=state.epoch)
     steps_per_epoch = len(train_loader) // cfg.grad_accum_steps
     if steps_per_epoch == 0:
         raise ValueError(f"batch_size {cfg.batch_size} is larger than the training split ({len(data.train)} images)")
-    net = accelerator.unwrap_model(model)
-    log_path = out / "train_log.jsonl"
 
     def checkpoint():
-        save_checkpoint(accelerator, out, state, cfg.keep_last_checkpoints)
+        save_checkpoint(accelerator, out, state, cfg.keep_last_checkpoints, signature)
 
     with Preemption() as preemption:
         while state.epoch <= cfg.epochs:

@@ -69,6 +69,7 @@ class TrainState:
     global_step: int = 0
     best_metric: float = -1.0
     best_epoch: int = 0
+    skipped_steps: int = 0         # steps dropped for a non-finite loss
 
     def state_dict(self):
         return asdict(self)
@@ -107,7 +108,29 @@ def checkpoint_dir(output_dir) -> Path:
     return Path(output_dir) / "checkpoints"
 
 
-def save_checkpoint(accelerator, output_dir, state: TrainState, keep_last: int) -> Path:
+CHECKPOINT_META = "cadel_checkpoint.json"
+
+
+def checkpoint_signature(cfg, model_config) -> dict:
+    """What a checkpoint must agree on with the run that resumes it."""
+    return {"backbone": cfg.backbone, "dataset": cfg.dataset, "num_labels": model_config.num_labels,
+            "class_counts": model_config.class_counts, "aux_head": cfg.aux_head, "image_size": cfg.image_size}
+
+
+def check_checkpoint_signature(path: Path, expected: dict) -> None:
+    meta_path = Path(path) / CHECKPOINT_META
+    if not meta_path.exists():
+        raise FileNotFoundError(f"{path} is not a cadel checkpoint ({CHECKPOINT_META} missing)")
+    found = json.loads(meta_path.read_text())
+    for key, value in expected.items():
+        if found.get(key) != value:
+            shown = (lambda v: f"{len(v)} classes, {sum(v)} images" if key == "class_counts" and v else v)
+            raise ValueError(f"checkpoint {path} was made with {key}={shown(found.get(key))!s} but this run has "
+                             f"{key}={shown(value)!s}; resume with the run's own settings (its config.yaml) "
+                             f"or start a new --output_dir")
+
+
+def save_checkpoint(accelerator, output_dir, state: TrainState, keep_last: int, signature: dict) -> Path:
     """``accelerator.save_state`` into a temporary folder renamed into place, so a crash never leaves a half
     checkpoint that ``latest`` would pick; older checkpoints beyond ``keep_last`` are removed."""
     root = checkpoint_dir(output_dir)
@@ -119,6 +142,8 @@ def save_checkpoint(accelerator, output_dir, state: TrainState, keep_last: int) 
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        write_json(tmp / CHECKPOINT_META, {**signature, "epoch": state.epoch, "step_in_epoch": state.step_in_epoch,
+                                           "global_step": state.global_step})
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -162,38 +187,47 @@ def train_one_epoch(model, loader, optimizer, loss_fn: CascadeLoss, accelerator,
         if state.step_in_epoch >= steps_per_epoch:
             break
         set_learning_rate(optimizer, scheduled_lr(cfg, state.epoch, state.step_in_epoch, steps_per_epoch))
-        # Mixup draws are a function of (seed, process, step): per process as in the original, exact on resume.
-        mixup_gen.manual_seed(cfg.seed * 1_000_003 + accelerator.process_index * 7_919
-                              + state.global_step * 31 + i % cfg.grad_accum_steps)
+        # All randomness of a step (mixup, dropout, drop path) is a function of (seed, process, step, micro-batch):
+        # per process as in the original, and a resumed run repeats the uninterrupted one exactly.
+        step_seed = (cfg.seed * 1_000_003 + accelerator.process_index * 7_919 + state.global_step * 31
+                     + i % cfg.grad_accum_steps)
+        torch.manual_seed(step_seed)
+        mixup_gen.manual_seed(step_seed)
         x, y_a, y_b, lam = mixup_batch(batch["pixel_values"], batch["labels"], cfg.mixup_alpha, mixup_gen)
         with accelerator.accumulate(model):
             exit_logits = model(pixel_values=x).exit_logits
             loss = loss_fn(exit_logits, y_a, y_b, lam, T)
-            # One sync per step, agreed by all processes (a lone skip would hang DDP): a NaN never reaches the weights.
-            finite = bool(accelerator.gather(torch.isfinite(loss.detach()).reshape(1)).all())
-            if not finite:
+            # One small collective per step, so every process takes the same decision (a lone skip or stop would
+            # hang DDP): is the loss finite everywhere, and has any process been asked to stop?
+            flags = torch.tensor([float(torch.isfinite(loss.detach())),
+                                  float(preemption is not None and preemption.requested)], device=loss.device)
+            flags = accelerator.gather(flags.reshape(1, 2))
+            finite, stop = bool(flags[:, 0].all()), bool(flags[:, 1].any())
+            if finite:
+                accelerator.backward(loss)
+                optimizer.step()
+                loss_sum += loss.detach()
+                n_done += 1
+            else:
                 msg = f"non-finite loss at epoch {state.epoch}, step {state.step_in_epoch} (global {state.global_step})"
                 if cfg.on_nonfinite_loss == "stop":
                     raise NonFiniteLossError(msg + "; the last checkpoint is intact. Lower the lr or use "
                                              "--on_nonfinite_loss skip")
-                logger.warning(msg + ": step skipped")
-                optimizer.zero_grad(set_to_none=True)
-            else:
-                accelerator.backward(loss)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                loss_sum += loss.detach()
-                n_done += 1
+                logger.warning(msg + ": step skipped, weights unchanged")
+                state.skipped_steps += 1
+            optimizer.zero_grad(set_to_none=True)
         if accelerator.sync_gradients:
             state.step_in_epoch += 1
             state.global_step += 1
             bar.update(1)
             if cfg.log_every and state.global_step % cfg.log_every == 0:
                 bar.set_postfix(loss=f"{(loss_sum / max(n_done, 1)).item():.4f}")
+            if stop:
+                if preemption is not None:
+                    preemption.requested = True
+                break
             if cfg.checkpointing_steps and state.global_step % cfg.checkpointing_steps == 0 and on_checkpoint:
                 on_checkpoint()
-            if preemption is not None and preemption.requested:
-                break
     bar.close()
     mean = accelerator.reduce(loss_sum / max(n_done, 1), reduction="mean").item()
     return {"train_loss": mean, "lr": scheduled_lr(cfg, state.epoch, 0, steps_per_epoch), "T": T}
@@ -217,6 +251,13 @@ def write_json(path, obj) -> None:
 def append_jsonl(path, obj) -> None:
     with open(path, "a") as fh:
         fh.write(json.dumps(obj) + "\n")
+
+
+def truncate_log(path, before_epoch: int) -> None:
+    """Drop log records of epochs a resumed run will redo, so the log has one record per epoch."""
+    if Path(path).exists():
+        keep = [line for line in Path(path).read_text().splitlines() if json.loads(line)["epoch"] < before_epoch]
+        Path(path).write_text("".join(line + "\n" for line in keep))
 
 
 def accuracy(scores: torch.Tensor, labels: torch.Tensor) -> float:

@@ -195,6 +195,19 @@ def test_model_card_compares_with_the_papers_number(run, tmp_path):
     assert "58.0% top-1 on the val split against 58.5% in the original README (-0.5 points)" in text  # no test eval
 
 
+def test_every_paper_preset_finds_its_paper_number():
+    from cadel_modeling.config import parse_config, preset_names
+    found = {}
+    for preset in preset_names():
+        cfg = parse_config(["--config", preset])
+        found[preset] = paper_result(cfg.dataset, cfg.backbone, cfg.image_size)
+    assert {p for p, r in found.items() if r is not None} == {
+        "imagenet_lt_resnet50", "imagenet_lt_resnext50", "imagenet_lt_vit_b16_224", "imagenet_lt_vit_b16_384",
+        "inat18_resnet50", "inat18_vit_b16_224", "inat18_vit_b16_384",
+        "places_lt_resnet152", "places_lt_vit_b16_224", "places_lt_vit_b16_384"}
+    assert found["inat18_vit_b16_384"]["accuracy"] == 82.7 and found["places_lt_resnet152"]["accuracy"] == 41.4
+
+
 def test_paper_results_lookup():
     assert paper_result("imagenet_lt", "resnet50", 224)["accuracy"] == 58.5
     assert paper_result("ImageNet-LT", "resnext50_32x4d", 224)["few_accuracy"] == 44.0
@@ -226,6 +239,16 @@ def test_push_uploads_model_card_and_every_file(run, fake_api):
     assert set(uploaded) == set(files_to_upload(run.model_dir)) | {"README.md"}
     assert uploaded["README.md"] == run.dir / "README.md"
     assert 'model="someone/tiny_lt"' in (run.dir / "README.md").read_text()  # the namespaced id after create_repo
+
+
+def test_push_gives_older_models_an_image_processor(run, fake_api, tmp_path):
+    model_dir = tmp_path / "old_model"
+    shutil.copytree(run.dir / "best_model", model_dir)
+    (model_dir / "preprocessor_config.json").unlink()
+    assert push_to_hub(model_dir, "someone/old")
+    assert "preprocessor_config.json" in fake_api.calls[-1][2]
+    size = json.loads((model_dir / "preprocessor_config.json").read_text())["size"]
+    assert size == {"height": 32, "width": 32}  # the 'small' recipe of its run_config.yaml
 
 
 def test_failed_push_keeps_the_local_results(run, fake_api, caplog):

@@ -74,7 +74,7 @@ def test_resnet50_faithful_heads_params_and_macs_match_the_layer_shapes():
 
 
 def test_places_head_has_a_3x3_last_conv_and_default_init():
-    model = meta_model(backbone="resnet152", num_labels=365, image_size=224, aux_head="faithful_places")
+    model = meta_model(backbone="resnet50", num_labels=365, image_size=224, aux_head="faithful_places")
     _, exit1, exit2, _ = exit_costs(model)
     assert exit1.params == aux_head_params(512, 365, last_kernel=3)
     assert exit2.params == aux_head_params(1024, 365, last_kernel=3)
@@ -232,7 +232,7 @@ def test_plain_safetensors_backbone_and_cadel_checkpoint(tmp_path):
     cfg = RunConfig(backbone="test_resnet", image_size=32, aux_head="light",
                     pretrained_checkpoint=str(tmp_path / "resnet.safetensors"))
     model = build_model(cfg, fake_data(4))  # build_model loads cfg.pretrained_checkpoint
-    assert torch.equal(model.backbone.conv1.weight, source["conv1.weight"])
+    assert all(torch.equal(v, source[k]) for k, v in model.backbone.state_dict().items())
     # a CADEL run on 4 classes starts a run on 3: everything but the class-specific weights carries over
     model.save_pretrained(str(tmp_path / "run4"))
     other = build_model(RunConfig(backbone="test_resnet", image_size=32, aux_head="light"), fake_data(3))
@@ -267,37 +267,39 @@ def read_fashion_mnist(n: int, size: int = 32):
     return x, torch.from_numpy(labels.astype(np.int64))
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models train faster on one thread, and two pytest-xdist workers then do not oversubscribe two cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @requires_fashion_mnist
 @pytest.mark.parametrize("backbone", ["test_resnet", "test_vit"])
 @pytest.mark.parametrize("weight_mode", ["per_sample", "batch_scalar_legacy"])
-def test_cascade_trains_on_fashion_mnist(backbone, weight_mode):
+def test_cascade_trains_on_fashion_mnist(backbone, weight_mode, one_thread):
+    """A few dozen real optimizer steps (mixup, the run's optimizer recipe): the loss falls and stays finite."""
     torch.manual_seed(0)
-    x, y = read_fashion_mnist(640)
+    x, y = read_fashion_mnist(512)
     vit = backbone == "test_vit"
     cfg = RunConfig(backbone=backbone, image_size=32, aux_width=64, aux_groups=4, aux_padding="same",
-                    optimizer="adamw" if vit else "sgd", lr=2e-3 if vit else 0.05, weight_decay=0.05 if vit else 5e-4,
+                    optimizer="adamw" if vit else "sgd", lr=1e-3 if vit else 0.02, weight_decay=0.05 if vit else 5e-4,
                     weight_mode=weight_mode)
-    model = build_model(cfg, fake_data(10))
+    model = build_model(cfg, fake_data(10)).train()
     optimizer = build_optimizer(model, cfg)
     set_learning_rate(optimizer, cfg.lr)
     loss_fn = CascadeLoss(8, 1.0, 2.0, weight_mode, "bce" if vit else "ce")
-    held_x, held_y = x[:128], y[:128]
-
-    def held_out_loss():
-        model.eval()
-        with torch.no_grad():
-            return loss_fn(model(pixel_values=held_x).exit_logits, held_y, T=0.5).item()
-
-    start = held_out_loss()
-    model.train()
     generator = torch.Generator().manual_seed(0)
-    for step in range(30):
-        idx = torch.randint(128, 640, (32,), generator=generator)
+    losses = []
+    for _ in range(24):
+        idx = torch.randint(0, len(y), (32,), generator=generator)
         xb, ya, yb, lam = mixup_batch(x[idx], y[idx], 0.5, generator)
         loss = loss_fn(model(pixel_values=xb).exit_logits, ya, yb, lam, T=0.5)
-        assert torch.isfinite(loss)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    end = held_out_loss()
-    assert math.isfinite(end) and end < 0.9 * start
+        losses.append(loss.item())
+    assert all(math.isfinite(v) for v in losses)
+    assert np.mean(losses[-4:]) < 0.75 * np.mean(losses[:4]), losses
