@@ -68,7 +68,7 @@ class RunConfig:
     # ---------------------------------------------------------------- model
     backbone: str = _f("resnet50", "Model", "timm model name")
     pretrained: bool = _f(False, "Model", "load timm's pretrained weights for the backbone (needs the Hub)")
-    pretrained_checkpoint: Optional[str] = _f(None, "Model", "a .pth/.safetensors backbone checkpoint (MAE/LiVT {'model': ...} works)")
+    pretrained_checkpoint: Optional[str] = _f(None, "Model", "a .pth/.safetensors checkpoint or a saved CADEL model folder (MAE/LiVT {'model': ...} works)")
     exit_stages: list = _f([-3, -2], "Model", "CNN: feature stages (timm feature indices, negatives count from the end) feeding the aux exits")
     exit_blocks: Optional[list] = _f(None, "Model", "ViT: 0-indexed blocks feeding the aux exits (null = [7, 9] scaled to depth)")
     aux_head: str = _f("faithful", "Model", "CNN aux head: the published one, its Places-LT variant, or a light one", ["faithful", "faithful_places", "light"])
@@ -96,6 +96,9 @@ class RunConfig:
     weight_decay: float = _f(5e-4, "Optimizer", "weight decay")
     adamw_beta2: float = _f(0.999, "Optimizer", "AdamW beta2")
     layer_decay: float = _f(0.75, "Optimizer", "ViT layer-wise learning-rate decay")
+    llrd_decay_aux_heads: bool = _f(True, "Optimizer", "ViT LLRD: aux heads share their branch block's decayed lr "
+                                    "(true = the original's imported lr_decay.py); false = its unused duplicate "
+                                    "(only aux blocks decayed, aux heads at full lr)")
     epochs: int = _f(200, "Optimizer", "stage-1 epochs")
     batch_size: int = _f(128, "Optimizer", "global training batch size (split over processes)")
     eval_batch_size: int = _f(256, "Optimizer", "global evaluation batch size")

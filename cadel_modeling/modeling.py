@@ -9,7 +9,6 @@ labels) in one folder.
 from __future__ import annotations
 
 import copy
-import logging
 import math
 from dataclasses import dataclass
 from functools import partial
@@ -18,12 +17,10 @@ from typing import List, Optional, Sequence, Tuple
 import timm
 import torch
 import torch.nn.functional as F
-from torch import nn
 from timm.models import is_model_in_modules
+from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 from transformers.utils import ModelOutput
-
-logger = logging.getLogger("cadel")
 
 
 class CosineClassifier(nn.Module):
@@ -374,13 +371,15 @@ def exit_costs(model: CadelForImageClassification, image_size: Optional[int] = N
     config = copy.deepcopy(model.config)
     config.image_size = image_size or config.image_size
     if config.image_size == model.config.image_size and next(model.parameters()).is_meta:
-        twin = model.eval()
+        twin = model  # already free to run
     else:
         with torch.device("meta"):
-            twin = type(model)(config).eval()
+            twin = type(model)(config)
+    was_training = twin.training
     pixels = torch.empty(1, 3, config.image_size, config.image_size, device="meta")
-    with FlopCounterMode(display=False) as counter:
-        twin(pixel_values=pixels)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        twin.eval()(pixel_values=pixels)
+    twin.train(was_training)
     flops = {name.partition(".")[2] or name: sum(ops.values()) for name, ops in counter.get_flop_counts().items()}
     heads = [f"aux_exits.{k}" for k in range(len(twin.aux_exits))] + ["classifier"]
     head_macs = [flops.get(h, 0) // 2 for h in heads]

@@ -50,7 +50,7 @@ def param_groups(model, cfg) -> List[Dict]:
                   {"params": heads, "lr_scale": 1.0, "weight_decay": cfg.weight_decay, "name": "heads"}]
         return [g for g in groups if g["params"]]
     depth = len(model.backbone.blocks)
-    decay_aux_heads = getattr(cfg, "llrd_decay_aux_heads", True)
+    decay_aux_heads = cfg.llrd_decay_aux_heads
     groups: Dict[str, Dict] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:

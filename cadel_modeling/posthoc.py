@@ -1,11 +1,13 @@
-"""Post-hoc logit adjustment (the original's whole "stage 2"): ``z - tau * log(prior)``, tau chosen on validation.
+"""Post-hoc logit adjustment (the original's whole "stage 2"): ``z - tau * log(prior)``, tau chosen on validation,
+and exit weights for the ensemble chosen on validation the same way.
 
-The logits of each split are computed once and every tau is applied in memory; the original re-ran the network
-for each tau.
+The logits of each split are computed once and every tau (and every exit weighting) is applied in memory; the
+original re-ran the network for each tau.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+import itertools
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -37,3 +39,56 @@ def pick_tau(sweep: List[Dict[str, float]]) -> float:
     """The first tau reaching the best validation top-1 (the original's strict '>' over an increasing grid)."""
     best = max(r["top1"] for r in sweep)
     return next(r["tau"] for r in sweep if r["top1"] == best)
+
+
+# ------------------------------------------------------------------------------------------------ exit weights
+def weighted_scores(exit_logits: torch.Tensor, weights: Sequence[float], class_counts: Sequence[int],
+                    tau: float) -> torch.Tensor:
+    """``sum_k w_k (z_k - tau log prior)``: each exit logit-adjusted with ``tau``, then weighted.
+
+    Weights ``[0, .., 0, 1]`` give exactly the CNN rule's scores and ``[1, .., 1]`` exactly the ViT rule's (same
+    floating-point operations as :func:`ensemble_scores`), so a search that includes them can only match or beat
+    both rules.
+    """
+    if len(weights) != exit_logits.shape[0] or min(weights) < 0 or sum(weights) <= 0:
+        raise ValueError(f"need {exit_logits.shape[0]} non-negative exit weights with a positive sum, got {weights}")
+    combined = sum(w * z for w, z in zip(weights, exit_logits) if w)  # zero weights skipped: exact for the rules
+    return adjust_logits(combined, class_counts, tau, num_terms=sum(weights))
+
+
+def simplex_grid(num_exits: int, step: float) -> List[Tuple[float, ...]]:
+    """Every weighting with weights in ``{0, step, 2*step, .., 1}`` summing to 1 (66 points for 3 exits, step 0.1)."""
+    parts = round(1 / step) if step > 0 else 0
+    if parts < 1 or abs(parts * step - 1) > 1e-9:
+        raise ValueError(f"exit weight grid step {step} must be 1/m for a whole m (0.1, 0.125, 0.25, ..)")
+    return [tuple(i / parts for i in combo) for combo in itertools.product(range(parts + 1), repeat=num_exits)
+            if sum(combo) == parts]
+
+
+def exit_weight_candidates(num_exits: int, step: float, rule: str = "last") -> List[Tuple[str, Tuple[float, ...]]]:
+    """Named weightings, searched in this order: the model's own rule, the other rule, then the simplex grid."""
+    rules = {"last": ("last exit (CNN rule)", (0.0,) * (num_exits - 1) + (1.0,)),
+             "sum": ("sum of exits (ViT rule)", (1.0,) * num_exits)}
+    ordered = [rules[rule]] + [v for k, v in rules.items() if k != rule]
+    return ordered + [("grid", w) for w in simplex_grid(num_exits, step)]
+
+
+def search_exit_weights(exit_logits: torch.Tensor, labels: torch.Tensor, class_counts: Sequence[int],
+                        tau_grid: Sequence[float], step: float = 0.1, rule: str = "last") -> dict:
+    """Exit weights and tau with the best top-1 on (validation) logits; the first maximum in candidate order wins,
+    so a tie keeps the model's rule. Returns the choice, the rules' own best top-1 and the candidate count."""
+    labels = labels.to(exit_logits.device)
+    best, rules_top1 = None, {}
+    candidates = exit_weight_candidates(exit_logits.shape[0], step, rule)
+    for name, weights in candidates:
+        for tau in tau_grid:
+            scores = weighted_scores(exit_logits, weights, class_counts, float(tau))
+            top1 = (scores.argmax(-1) == labels).float().mean().item()
+            if name != "grid":
+                rules_top1[name] = max(rules_top1.get(name, -1.0), top1)
+            if best is None or top1 > best["val_top1"]:
+                best = {"weights": list(weights), "tau": float(tau), "val_top1": top1, "source": name}
+    total = sum(best["weights"])
+    best["normalized_weights"] = [w / total for w in best["weights"]]
+    return {**best, "rules_val_top1": rules_top1, "grid_step": step, "tau_grid": [float(t) for t in tau_grid],
+            "num_candidates": len(candidates) * len(tau_grid)}

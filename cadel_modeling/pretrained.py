@@ -17,6 +17,7 @@ mismatch, missing and unexpected.
 """
 from __future__ import annotations
 
+import argparse
 import logging
 import math
 from dataclasses import dataclass, field
@@ -79,8 +80,9 @@ def read_state_dict(path) -> Dict[str, torch.Tensor]:
         from safetensors.torch import load_file
         state = load_file(str(path), device="cpu")
     else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+        try:  # MAE/LiVT's save_model stores its argparse.Namespace next to the weights: allow that one class
+            with torch.serialization.safe_globals([argparse.Namespace]):
+                state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # pickles with custom classes are refused by weights_only: say why, not just fail
             raise ValueError(f"could not read {path} as a tensors-only checkpoint ({exc}). Re-save its state dict "
                              f"with torch.save(state_dict, path) or convert it to .safetensors") from exc
@@ -90,8 +92,9 @@ def read_state_dict(path) -> Dict[str, torch.Tensor]:
             break
         state = inner
     if not isinstance(state, dict) or not any(torch.is_tensor(v) for v in state.values()):
-        raise ValueError(f"{path} holds no state dict of tensors (top-level keys: {list(state)[:10]}); "
-                         f"expected a state dict or one wrapped under one of {CONTAINER_KEYS}")
+        found = f"keys {list(state)[:10]}" if isinstance(state, dict) else f"a {type(state).__name__}"
+        raise ValueError(f"{path} holds no state dict of tensors (found {found}); expected a state dict, "
+                         f"possibly wrapped under one of {CONTAINER_KEYS}")
     return {_strip_module(k): v for k, v in state.items() if torch.is_tensor(v)}
 
 

@@ -8,15 +8,16 @@ import time
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate import DataLoaderConfiguration
 from accelerate.utils import set_seed
 
 from .data import build_datasets
 from .data.loaders import build_eval_loader, build_train_loader
 from .losses import CascadeLoss
-from .modeling import build_model
+from .modeling import build_model, model_summary
 from .optim import build_optimizer
 from .training import (NonFiniteLossError, Preemption, TrainState, accuracy, append_jsonl, check_checkpoint_signature,
+                       make_accelerator,
                        checkpoint_signature, predict, resolve_resume, save_checkpoint, save_model, selection_scores,
                        train_one_epoch, truncate_log, write_json)
 
@@ -59,8 +60,8 @@ def run_info(cfg, data, accelerator) -> dict:
 
 
 def run(cfg) -> dict:
-    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum_steps,
-                              dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
+    accelerator = make_accelerator(gradient_accumulation_steps=cfg.grad_accum_steps,
+                                   dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
     setup_logging(accelerator)
     resume_path = resolve_resume(cfg.resume_from_checkpoint, cfg.output_dir)
     out = prepare_output_dir(cfg, accelerator, resuming=bool(cfg.resume_from_checkpoint))
@@ -76,9 +77,8 @@ def run(cfg) -> dict:
     model = build_model(cfg, data)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    n_backbone = sum(p.numel() for p in model.backbone.parameters())
-    logger.info("%s cascade: backbone %.2fM params; exits %s", cfg.backbone, n_backbone / 1e6,
-                ", ".join(f"{n / 1e6:.2f}M" for n in model.num_parameters_per_exit()))
+    if accelerator.is_main_process:
+        logger.info("%s cascade, parameters and MACs per image:\n%s", cfg.backbone, model_summary(model, cfg.image_size))
     optimizer = build_optimizer(model, cfg)
     train_loader = build_train_loader(cfg, data, accelerator.num_processes)
     val_loader = build_eval_loader(cfg, data, "val", accelerator.num_processes)
@@ -145,6 +145,9 @@ def run(cfg) -> dict:
                                                if net.config.resolved_inference_rule == "sum" else "the raw last exit (CNN rule)")}
     if accelerator.is_main_process:
         write_json(out / "stage1_summary.json", summary)
+        if cfg.push_to_hub:  # after every local file is final; a failed push logs and keeps them
+            from .hub import push_to_hub
+            push_to_hub(out / "best_model", cfg.hub_model_id, private=cfg.hub_private)
     logger.info("stage 1 done: best val top-1 %.2f%% at epoch %d; model in %s", 100 * state.best_metric,
                 state.best_epoch, out / "best_model")
     accelerator.end_training()

@@ -1,24 +1,235 @@
-"""Stage 2 from a stage-1 run: post-hoc logit adjustment with tau picked on validation (the original), or cRT."""
+"""Stage 2 from a stage-1 run, then learned exit weights; every choice is made on the validation split.
+
+- ``logit_adjustment`` (the original's whole stage 2): tau from the grid with the best validation top-1.
+- ``crt`` (classifier re-training, Kang et al. 2020; a departure from the released CADEL code, whose stage-2
+  configs only hint at it): the cosine classifier of the last exit (``crt_exits: last``) or of every exit (``all``)
+  is re-trained with class-balanced sampling while everything else stays frozen, the best epoch kept; then tau on
+  top (0 included in its grid, so adjustment is applied only when it helps on validation).
+- Both then search exit weights and a tau for the ensemble (``ensemble.json`` next to the weights).
+
+The network runs once per split: logits (and, for cRT, the classifiers' input features) are gathered once and
+every candidate is scored in memory.
+"""
 from __future__ import annotations
 
+import copy
+import dataclasses
 import logging
+import math
+import sys
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Dict, List, Sequence, Tuple
 
-from accelerate import Accelerator
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
 from .data import build_datasets
-from .data.loaders import build_eval_loader
-from .evaluation import check_model_matches_data, load_model, report
+from .data.loaders import build_eval_loader, per_process_batch
+from .evaluation import ENSEMBLE_FILE, check_model_matches_data, load_model, report, selection_name, selected_exits
 from .metrics import format_table
-from .posthoc import pick_tau, tau_sweep
-from .training import predict, save_model, write_json
+from .modeling import CadelForImageClassification, CosineClassifier
+from .optim import scheduled_lr, set_learning_rate
+from .posthoc import ensemble_scores, pick_tau, search_exit_weights, tau_sweep
+from .samplers import make_sampler
+from .training import accuracy, make_accelerator, predict, save_model, write_json
 
 logger = logging.getLogger("cadel")
+
+CRT_FEATURES = ("precomputed once with the frozen model in eval mode and the evaluation transform (no "
+                "augmentation): the features are then a fixed function of the image, so one forward pass over the "
+                "training split replaces one per epoch")
+
+
+# ------------------------------------------------------------------------------------------------ features
+def classifier_of(net: CadelForImageClassification, exit_number: int) -> CosineClassifier:
+    """The cosine classifier ending 1-based exit ``exit_number`` (the last one is the backbone's own)."""
+    return net.classifier if exit_number == len(net.aux_exits) + 1 else net.aux_exits[exit_number - 1].classifier
+
+
+class ExitClassifiers(nn.Module):
+    """Classifiers applied to their exits' precomputed features: the one module cRT trains (and DDP wraps)."""
+
+    def __init__(self, classifiers: Sequence[nn.Module]):
+        super().__init__()
+        self.classifiers = nn.ModuleList(classifiers)
+
+    def forward(self, features: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+        return [classifier(f) for classifier, f in zip(self.classifiers, features)]
+
+
+@torch.no_grad()
+def extract_features(model, loader, accelerator, exits: Sequence[int], desc: str = "features"
+                     ) -> Tuple[List[torch.Tensor], torch.Tensor]:
+    """Inputs of the given exits' cosine classifiers over a whole split ([N, D_k] each, float32, CPU) and the
+    labels, gathered over processes. Captured by forward pre-hooks, so the exits run exactly as at inference."""
+    net = accelerator.unwrap_model(model)
+    was_training = net.training
+    net.eval()
+    captured = {}
+    hooks = [classifier_of(net, k).register_forward_pre_hook(lambda m, args, k=k: captured.__setitem__(k, args[0]))
+             for k in exits]
+    features, labels = [[] for _ in exits], []
+    try:
+        for batch in tqdm(loader, desc=desc, disable=not accelerator.is_local_main_process, leave=False):
+            with accelerator.autocast():
+                net.exit_features(batch["pixel_values"], exits)
+            gathered, y = accelerator.gather_for_metrics(([captured[k].float() for k in exits], batch["labels"]))
+            for store, f in zip(features, gathered):
+                store.append(f.cpu())
+            labels.append(y.cpu())
+    finally:
+        for hook in hooks:
+            hook.remove()
+        net.train(was_training)
+    return [torch.cat(f) for f in features], torch.cat(labels)
+
+
+@torch.no_grad()
+def logits_from_features(classifiers: Sequence[nn.Module], features: Sequence[torch.Tensor], device,
+                         chunk: int = 8192) -> torch.Tensor:
+    """``[K, N, C]`` logits (float32, CPU) of each classifier on its exit's features, in fixed-size chunks."""
+    return torch.stack([torch.cat([classifier(f[i:i + chunk].to(device)).float().cpu()
+                                   for i in range(0, len(f), chunk)])
+                        for classifier, f in zip(classifiers, features)])
+
+
+# ------------------------------------------------------------------------------------------------ cRT
+def crt_settings(cfg, num_exits: int) -> dict:
+    return {"exits": [num_exits] if cfg.crt_exits == "last" else list(range(1, num_exits + 1)),
+            "epochs": cfg.crt_epochs, "lr": cfg.crt_lr, "batch_size": getattr(cfg, "crt_batch_size", None) or cfg.batch_size,
+            "momentum": cfg.momentum, "weight_decay": cfg.weight_decay, "schedule": "cosine per epoch, no warmup",
+            "reinit": getattr(cfg, "crt_reinit", True), "sampler": "class_balanced", "features": CRT_FEATURES}
+
+
+def retrain_classifiers(cfg, accelerator, model: CadelForImageClassification, data
+                        ) -> Tuple[Dict[str, Tuple[torch.Tensor, torch.Tensor]], dict]:
+    """cRT: re-train the chosen exits' cosine classifiers on frozen features with class-balanced sampling.
+
+    The model is frozen and stays in eval mode (BatchNorm statistics untouched, dropout off, as at inference), so
+    only the re-trained classifiers' weights change. The epoch with the best validation top-1 of the inference
+    rule (tau = 0) is kept. Returns the val/test exit logits of the re-trained model and the cRT record.
+    """
+    if cfg.streaming:
+        raise ValueError("stage2_method crt needs a map-style training split to sample class-balanced from; "
+                         "run it with --streaming false")
+    num_exits = len(model.aux_exits) + 1
+    settings = crt_settings(cfg, num_exits)
+    exits, rule = settings["exits"], model.config.resolved_inference_rule
+    model.eval()  # never optimised and only run under no_grad; eval mode keeps BatchNorm statistics as they are
+    heads = ExitClassifiers([copy.deepcopy(classifier_of(model, k)) for k in exits]).requires_grad_(True)
+    if settings["reinit"]:  # cRT starts from a fresh classifier (the constructor's init), seeded
+        generator = torch.Generator().manual_seed(cfg.seed)
+        for head in heads.classifiers:
+            bound = 1.0 / math.sqrt(head.weight.shape[1])
+            head.weight.data.uniform_(-bound, bound, generator=generator)
+    optimizer = torch.optim.SGD(heads.parameters(), lr=cfg.crt_lr, momentum=cfg.momentum,
+                                weight_decay=cfg.weight_decay)
+    train_labels = torch.as_tensor(data.train[data.label_column])
+    n = accelerator.num_processes
+    index_loader = DataLoader(torch.arange(len(train_labels)), drop_last=True,
+                              batch_size=per_process_batch(settings["batch_size"], n),
+                              sampler=make_sampler("class_balanced", train_labels.tolist(), seed=cfg.seed))
+    splits = dataclasses.replace(data, splits={"train": data.train, **data.splits})
+    loaders = {s: build_eval_loader(cfg, splits, s, n) for s in ("train", "val", "test") if s in splits.splits}
+    model, heads, optimizer, index_loader, *prepared = accelerator.prepare(
+        model, heads, optimizer, index_loader, *loaders.values())
+    loaders = dict(zip(loaders, prepared))
+    net = accelerator.unwrap_model(model)
+    every_exit = list(range(1, num_exits + 1))
+    train_features, gathered_labels = extract_features(model, loaders.pop("train"), accelerator, exits, "train")
+    if not torch.equal(gathered_labels, train_labels):
+        raise RuntimeError("training features came back in another order than the training split")
+    features = {s: extract_features(model, dl, accelerator, every_exit, s) for s, dl in loaders.items()}
+    stage1_logits = {s: (logits_from_features([classifier_of(net, k) for k in every_exit], f, accelerator.device), y)
+                     for s, (f, y) in features.items()}
+    counts = net.config.class_counts
+
+    def val_top1_with(classifiers) -> float:
+        logits, labels = stage1_logits["val"]
+        logits = logits.clone()
+        logits[[k - 1 for k in exits]] = logits_from_features(
+            classifiers, [features["val"][0][k - 1] for k in exits], accelerator.device)
+        return accuracy(ensemble_scores(logits, counts, 0.0, rule, cfg.eval_exits), labels)
+
+    steps = len(index_loader)
+    if steps == 0:
+        raise ValueError(f"crt batch size {settings['batch_size']} is larger than the training split "
+                         f"({len(train_labels)} images)")
+    schedule = SimpleNamespace(lr=cfg.crt_lr, min_lr=0.0, epochs=cfg.crt_epochs, scheduler="cosine_epoch")
+    trained = accelerator.unwrap_model(heads)
+    best, log = None, []
+    for epoch in range(1, cfg.crt_epochs + 1):
+        set_learning_rate(optimizer, scheduled_lr(schedule, epoch, 0, steps))
+        index_loader.set_epoch(epoch)
+        heads.train()
+        loss_sum = torch.zeros((), device=accelerator.device)
+        for index in index_loader:
+            index = index.cpu()
+            labels = train_labels[index].to(accelerator.device)
+            logits = heads([f[index].to(accelerator.device) for f in train_features])
+            loss = sum(F.cross_entropy(z.float(), labels) for z in logits)
+            accelerator.backward(loss)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            loss_sum += loss.detach()
+        record = {"epoch": epoch, "train_loss": accelerator.reduce(loss_sum / steps, reduction="mean").item(),
+                  "lr": scheduled_lr(schedule, epoch, 0, steps), "val_top1": val_top1_with(trained.classifiers)}
+        log.append(record)
+        logger.info("cRT epoch %d/%d loss %.4f val top-1 %.2f%%", epoch, cfg.crt_epochs, record["train_loss"],
+                    100 * record["val_top1"])
+        if best is None or record["val_top1"] > best[0]:
+            best = (record["val_top1"], epoch, copy.deepcopy(trained.state_dict()))
+    trained.load_state_dict(best[2])
+    for k, head in zip(exits, trained.classifiers):
+        classifier_of(net, k).load_state_dict(head.state_dict())
+    stage1_val = accuracy(ensemble_scores(stage1_logits["val"][0], counts, 0.0, rule, cfg.eval_exits),
+                          stage1_logits["val"][1])
+    logits = {s: (logits_from_features([classifier_of(net, k) for k in every_exit], f, accelerator.device), y)
+              for s, (f, y) in features.items()}
+    return logits, {**settings, "best_epoch": best[1], "best_val_top1": best[0], "stage1_val_top1": stage1_val,
+                    "log": log}
+
+
+# ------------------------------------------------------------------------------------------------ driver
+def tau_grid_for(cfg) -> List[float]:
+    """The configured grid; cRT also tries tau = 0 first (it may already be balanced), or only 0 when its
+    adjustment is turned off."""
+    grid = [float(t) for t in cfg.tau_grid]
+    if cfg.stage2_method != "crt":
+        return grid
+    if not getattr(cfg, "crt_logit_adjustment", True):
+        return [0.0]
+    return [0.0] + [t for t in grid if t != 0.0]
+
+
+def choices_text(summary: dict, num_exits: int) -> str:
+    """What stage 2 chose, one line per decision, for the log and the printed report."""
+    lines = [f"stage 2 ({summary['method']}), every choice made on the validation split:"]
+    crt = summary.get("crt")
+    if crt:
+        lines.append(f"  cRT of exit{'s' if len(crt['exits']) > 1 else ''} {', '.join(map(str, crt['exits']))}: "
+                     f"best epoch {crt['best_epoch']}/{crt['epochs']} (val top-1 {100 * crt['best_val_top1']:.2f}%, "
+                     f"stage-1 classifiers {100 * crt['stage1_val_top1']:.2f}%), lr {crt['lr']:g}, batch "
+                     f"{crt['batch_size']}, class-balanced sampling")
+    sweep = ", ".join(f"{r['tau']:g}: {100 * r['top1']:.2f}" for r in summary["val_sweep"])
+    lines.append(f"  tau = {summary['tau']:g} for the {selection_name(tuple(summary['exits']), num_exits)} "
+                 f"(val top-1 per tau: {sweep})")
+    ens = summary.get("ensemble")
+    if ens:
+        rules = ", ".join(f"{name} {100 * v:.2f}%" for name, v in ens["rules_val_top1"].items())
+        lines.append(f"  learned exit weights {'/'.join(f'{w:.2f}' for w in ens['normalized_weights'])} with tau = "
+                     f"{ens['tau']:g}: val top-1 {100 * ens['val_top1']:.2f}% (best of the rules: {rules}; "
+                     f"{ens['num_candidates']} candidates, grid step {ens['grid_step']:g})")
+    return "\n".join(lines)
 
 
 def run(cfg) -> dict:
     from .stage1 import setup_logging
-    accelerator = Accelerator()
+    accelerator = make_accelerator()
     setup_logging(accelerator)
     stage1 = Path(cfg.stage1_dir)
     model_dir = stage1 / "best_model"
@@ -27,33 +238,51 @@ def run(cfg) -> dict:
     out = stage1 / f"stage2_{cfg.stage2_method}"
     with accelerator.main_process_first():
         data = build_datasets(cfg)
+    if "val" not in data.splits:
+        raise ValueError(f"stage 2 chooses tau, epochs and exit weights on a 'val' split, which {cfg.dataset} "
+                         f"lacks; give the dataset a validation split (e.g. --val_per_class)")
     model = load_model(model_dir)
     check_model_matches_data(model, data, str(model_dir))
-    loaders = {s: build_eval_loader(cfg, data, s, accelerator.num_processes) for s in ("val", "test") if s in data.splits}
-    model, *prepared = accelerator.prepare(model, *loaders.values())
-    logits = {s: predict(model, dl, accelerator, desc=s) for s, dl in zip(loaders, prepared)}  # one pass per split
-    net = accelerator.unwrap_model(model)
+    if cfg.stage2_method == "crt":
+        logits, crt = retrain_classifiers(cfg, accelerator, model, data)
+        net = model
+    else:
+        loaders = {s: build_eval_loader(cfg, data, s, accelerator.num_processes)
+                   for s in ("val", "test") if s in data.splits}
+        model, *prepared = accelerator.prepare(model, *loaders.values())
+        logits = {s: predict(model, dl, accelerator, desc=s) for s, dl in zip(loaders, prepared)}  # one pass each
+        net, crt = accelerator.unwrap_model(model), None
     rule = net.config.resolved_inference_rule
+    counts = net.config.class_counts
+    grid = tau_grid_for(cfg)
     val_logits, val_labels = logits["val"]
-    sweep = tau_sweep(val_logits, val_labels, data.class_counts, cfg.tau_grid, rule, cfg.eval_exits)
+    num_exits = val_logits.shape[0]
+    sweep = tau_sweep(val_logits, val_labels, counts, grid, rule, cfg.eval_exits)
     tau = pick_tau(sweep)
-    logger.info("tau sweep on val (%s rule): %s -> tau=%g", rule,
-                ", ".join(f"{r['tau']:g}: {100 * r['top1']:.2f}" for r in sweep), tau)
     net.config.tau = tau
-    summary = {"method": "logit_adjustment", "tau": tau, "tau_selected_on": "val", "inference_rule": rule,
-               "exits": cfg.eval_exits, "val_sweep": sweep}
+    step = getattr(cfg, "exit_weight_step", 0.1)
+    ensemble = search_exit_weights(val_logits.to(accelerator.device), val_labels, counts, grid, step, rule) \
+        if step else None
+    summary = {"method": cfg.stage2_method, "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
+               "inference_rule": rule, "exits": list(selected_exits(num_exits, rule, cfg.eval_exits)),
+               "tau": tau, "tau_selected_on": "val", "tau_grid": grid, "val_top1": max(r["top1"] for r in sweep),
+               "val_sweep": sweep, "crt": crt, "ensemble": ensemble}
+    if accelerator.is_main_process:
+        print("\n" + choices_text(summary, num_exits))
     if "test" in logits:
         test_logits, test_labels = logits["test"]
-        summary["test_sweep"] = tau_sweep(test_logits, test_labels, data.class_counts, cfg.tau_grid, rule,
-                                          cfg.eval_exits)
-        results = report(test_logits, test_labels, net.config, data, tau, out / "eval_test", "test",
-                         cfg.eval_exits, accelerator.is_main_process)
-        summary["test"] = {k: {m: v for m, v in r.items() if m != "per_class_accuracy"} for k, r in results.items()}
+        summary["test_sweep"] = tau_sweep(test_logits, test_labels, counts, grid, rule, cfg.eval_exits)
+        results = report(test_logits, test_labels, net.config, data, tau, out / "eval_test", "test", cfg.eval_exits,
+                         ensemble, accelerator.is_main_process, getattr(cfg, "eval_test_agnostic", False),
+                         command=summary["command"])
+        summary["test"] = {name: {m: v for m, v in r.items() if m != "per_class_accuracy"}
+                           for name, r in results.items()}
         if accelerator.is_main_process:
-            print(f"\nstage 2 (logit adjustment, tau={tau:g} chosen on val) on the test split:")
-            print(format_table(results))
+            print("\ntest split:\n" + format_table(results))
     if accelerator.is_main_process:
         save_model(net, out / "model", cfg)
+        if ensemble:
+            write_json(out / "model" / ENSEMBLE_FILE, {**ensemble, "selected_on": "val"})
         write_json(out / "stage2_results.json", summary)
         logger.info("stage 2 done: model with tau=%g in %s", tau, out / "model")
     accelerator.wait_for_everyone()

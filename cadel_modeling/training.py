@@ -31,6 +31,24 @@ from .optim import scheduled_lr, set_learning_rate
 logger = logging.getLogger(__name__)
 
 
+def make_accelerator(**kwargs):
+    """An ``Accelerator`` that also forms a process group on machines without GPUs.
+
+    ``accelerate launch --multi_gpu --num_processes N`` on a CPU-only machine starts N processes but, unless told
+    to use the CPU, accelerate gives each one a world of its own: N independent copies that would all train and
+    write. Asking for the CPU in that case makes them one gloo group; a world of one with WORLD_SIZE > 1 is refused.
+    """
+    from accelerate import Accelerator
+    launched = int(os.environ.get("LOCAL_RANK", -1)) != -1
+    no_gpu = not torch.cuda.is_available() and not (hasattr(torch, "xpu") and torch.xpu.is_available())
+    accelerator = Accelerator(cpu=launched and no_gpu, **kwargs)
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if accelerator.num_processes != world:
+        raise RuntimeError(f"launched with WORLD_SIZE={world} but accelerate formed a group of "
+                           f"{accelerator.num_processes}; check the accelerate config (accelerate env)")
+    return accelerator
+
+
 # ------------------------------------------------------------------------------------------------ evaluation
 @torch.no_grad()
 def predict(model, loader, accelerator, exits: Optional[Sequence[int]] = None, desc: str = "eval"
@@ -70,6 +88,8 @@ class TrainState:
     best_metric: float = -1.0
     best_epoch: int = 0
     skipped_steps: int = 0         # steps dropped for a non-finite loss
+    epoch_loss_sum: float = 0.0    # running loss of the epoch in progress, so a resumed epoch logs the same mean
+    epoch_loss_count: int = 0
 
     def state_dict(self):
         return asdict(self)
@@ -177,8 +197,11 @@ def train_one_epoch(model, loader, optimizer, loss_fn: CascadeLoss, accelerator,
     model.train()
     mixup_gen = torch.Generator()
     T = annealing_T(state.epoch, cfg.epochs)
-    loss_sum = torch.zeros((), device=accelerator.device)
-    n_done = 0
+    loss_sum = torch.full((), state.epoch_loss_sum, device=accelerator.device)
+    n_done = state.epoch_loss_count
+
+    def sync_running_loss():  # host copy only when a checkpoint is written, not every step
+        state.epoch_loss_sum, state.epoch_loss_count = loss_sum.item(), n_done
     skip = state.step_in_epoch * cfg.grad_accum_steps
     batches = accelerator.skip_first_batches(loader, skip) if skip else loader
     bar = tqdm(total=steps_per_epoch, initial=state.step_in_epoch, desc=f"epoch {state.epoch}/{cfg.epochs}",
@@ -225,18 +248,24 @@ def train_one_epoch(model, loader, optimizer, loss_fn: CascadeLoss, accelerator,
             if stop:
                 if preemption is not None:
                     preemption.requested = True
+                sync_running_loss()
                 break
             if cfg.checkpointing_steps and state.global_step % cfg.checkpointing_steps == 0 and on_checkpoint:
+                sync_running_loss()
                 on_checkpoint()
     bar.close()
     mean = accelerator.reduce(loss_sum / max(n_done, 1), reduction="mean").item()
-    return {"train_loss": mean, "lr": scheduled_lr(cfg, state.epoch, 0, steps_per_epoch), "T": T}
+    if not (preemption is not None and preemption.requested):
+        state.epoch_loss_sum, state.epoch_loss_count = 0.0, 0
+    return {"train_loss": mean, "lr": scheduled_lr(cfg, state.epoch, 0, steps_per_epoch), "T": T,
+            "skipped_steps": state.skipped_steps}
 
 
 def save_model(net: CadelForImageClassification, path, cfg) -> None:
     """Weights + model config (tau, counts, labels) + the run config that made them, in one folder."""
-    from .hub import RUN_CONFIG_NAME
+    from .hub import RUN_CONFIG_NAME, save_image_processor
     net.save_pretrained(str(path))
+    save_image_processor(path, net.config, cfg.augmentation)  # so pipeline("image-classification") works
     cfg.save(Path(path) / RUN_CONFIG_NAME)
 
 

@@ -1,11 +1,20 @@
-"""DataLoaders for training and evaluation. ``batch_size`` in configs is the global batch, split over processes."""
+"""DataLoaders for training and evaluation. ``batch_size`` in configs is the global batch, split over processes.
+
+Decoding and augmentation run in the DataLoader workers. A streamed training split (``cfg.streaming``) is already
+split per process here (``split_dataset_by_node``), so accelerate must not shard or dispatch it again: prepare it as a
+one-process loader (see ``build_train_loader``).
+"""
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 from torch.utils.data import DataLoader
 
 from ..samplers import make_sampler
-from .transforms import build_transform, collate, with_image_transform
+from . import is_streamed, label_array
+from .streaming import min_examples_per_process, split_for_process
+from .transforms import build_transform, collate, map_image_transform, with_image_transform
 
 
 def per_process_batch(global_batch: int, num_processes: int, accum: int = 1) -> int:
@@ -15,21 +24,62 @@ def per_process_batch(global_batch: int, num_processes: int, accum: int = 1) -> 
     return global_batch // (num_processes * accum)
 
 
-def build_train_loader(cfg, data, num_processes: int) -> DataLoader:
-    tfm = build_transform(True, cfg.image_size, data.mean, data.std, cfg.augmentation, cfg.color_jitter)
-    ds = with_image_transform(data.train, tfm, data.image_column, data.label_column)
-    sampler = make_sampler(cfg.sampler, data.train[data.label_column], seed=cfg.seed)
-    return DataLoader(ds, batch_size=per_process_batch(cfg.batch_size, num_processes, cfg.grad_accum_steps),
-                      shuffle=sampler is None, sampler=sampler, drop_last=True, collate_fn=collate,
-                      num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0,
+def _workers(cfg, stream=None) -> int:
+    """DataLoader workers; a stream gives each worker whole shards, so more workers than shards would idle."""
+    return cfg.num_workers if stream is None else min(cfg.num_workers, stream.num_shards)
+
+
+def build_train_loader(cfg, data, num_processes: int, process_index: Optional[int] = None) -> DataLoader:
+    """The training DataLoader of one process.
+
+    Map-style data: shuffled (or ``cfg.sampler``), to be sharded by ``accelerator.prepare``. Streamed data: this
+    process's shards (``process_index`` defaults to accelerate's ``PartialState().process_index``), decoded by a lazy
+    ``map`` in the workers; give it to accelerate as a single-process loader, e.g.
+    ``accelerate.data_loader.prepare_data_loader(loader, accelerator.device, num_processes=1, process_index=0,
+    put_on_device=True, dispatch_batches=False)``, and call ``set_epoch`` on that each epoch.
+    """
+    batch = per_process_batch(cfg.batch_size, num_processes, cfg.grad_accum_steps)
+    jitter = cfg.color_jitter if data.color_jitter is None else data.color_jitter
+    tfm = build_transform(True, cfg.image_size, data.mean, data.std, cfg.augmentation, jitter)
+    policy = dict(bad_image_policy=cfg.bad_image_policy, skipped=data.skipped_images)
+    if is_streamed(data.train):
+        if cfg.sampler != "instance":
+            raise ValueError(f"--sampler {cfg.sampler} draws rows by index, which a streamed split cannot do; use "
+                             f"--sampler instance with --streaming, or turn streaming off")
+        if process_index is None:
+            from accelerate import PartialState
+            process_index = PartialState().process_index
+        stream = split_for_process(data.train, process_index, num_processes)
+        ds = map_image_transform(stream, tfm, data.image_column, data.label_column, batch_size=batch, **policy)
+        workers = _workers(cfg, stream)
+        return DataLoader(ds, batch_size=batch, drop_last=True, collate_fn=collate, num_workers=workers,
+                          persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
+    ds = with_image_transform(data.train, tfm, data.image_column, data.label_column, **policy)
+    sampler = make_sampler(cfg.sampler, label_array(data.train, data.label_column), seed=cfg.seed)
+    return DataLoader(ds, batch_size=batch, shuffle=sampler is None, sampler=sampler, drop_last=True,
+                      collate_fn=collate, num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0,
                       pin_memory=torch.cuda.is_available())
+
+
+def streamed_steps_per_epoch(cfg, data, num_processes: int) -> int:
+    """Optimizer steps per epoch that every process of a streamed run can make (a streamed loader has no length).
+
+    Processes get slightly different numbers of examples and each DataLoader worker drops its own last partial
+    batch, so this is a lower bound: stop the epoch after this many steps and all processes stay in step; the few
+    examples left over are different ones each epoch.
+    """
+    batch = per_process_batch(cfg.batch_size, num_processes, cfg.grad_accum_steps)
+    workers = max(1, _workers(cfg, data.train))
+    least = min_examples_per_process(data.num_train_images, data.train.num_shards, num_processes, workers)
+    return max(0, least - workers * (batch - 1)) // batch // cfg.grad_accum_steps
 
 
 def build_eval_loader(cfg, data, split: str, num_processes: int) -> DataLoader:
     if split not in data.splits:
         raise ValueError(f"split {split!r} does not exist for {cfg.dataset}; available: {sorted(data.splits)}")
     tfm = build_transform(False, cfg.image_size, data.mean, data.std, cfg.augmentation, cfg.color_jitter)
-    ds = with_image_transform(data.splits[split], tfm, data.image_column, data.label_column)
+    ds = with_image_transform(data.splits[split], tfm, data.image_column, data.label_column,
+                              bad_image_policy=cfg.bad_image_policy, skipped=data.skipped_images)
     bs = max(1, cfg.eval_batch_size // num_processes)
     return DataLoader(ds, batch_size=bs, shuffle=False, collate_fn=collate, num_workers=cfg.num_workers,
                       pin_memory=torch.cuda.is_available())

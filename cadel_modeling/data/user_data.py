@@ -1,0 +1,141 @@
+"""The user's own long-tailed data: a local image folder, or any Hub dataset id / local dataset folder with an image and
+a label column. Splits named train / validation (or val, valid) / test become train / val / test."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+SPLIT_NAMES = {"train": "train", "validation": "val", "valid": "val", "val": "val", "test": "test"}
+COUNT_FILE = "num_shots.npz"
+
+
+def _check_columns(split_name: str, column_names, image_column: str, label_column: str, source: str) -> None:
+    missing = [c for c in (image_column, label_column) if c not in column_names]
+    if missing:
+        raise ValueError(f"{source} split {split_name!r} has no column {missing[0]!r} (columns: {list(column_names)}); "
+                         f"set --image_column / --label_column")
+
+
+def class_names_of(feature, num_classes: int):
+    """Names from a ``ClassLabel`` feature, else the class indices as strings."""
+    names = getattr(feature, "names", None)
+    return list(names) if names else [str(c) for c in range(num_classes)]
+
+
+def _rename_splits(splits: Mapping, source: str) -> dict:
+    unknown = [name for name in splits if name not in SPLIT_NAMES]
+    if unknown:
+        logger.warning("%s: ignoring splits %s (used: train, validation/val/valid, test)", source, unknown)
+    return {SPLIT_NAMES[name]: ds for name, ds in splits.items() if name in SPLIT_NAMES}
+
+
+def _evaluation_splits(named: dict, source: str):
+    """({"val", "test"}, notes): a missing one of the two stands in for the other, and the notes say so."""
+    if "val" not in named and "test" not in named:
+        raise ValueError(f"{source} has no validation or test split to choose the checkpoint and tau on; add one "
+                         f"(imagefolder: a val/ or test/ folder with the same class folders)")
+    notes = []
+    if "val" not in named:
+        notes.append("no validation split: the checkpoint and tau are chosen on test")
+    if "test" not in named:
+        notes.append("no test split: results are reported on the validation split")
+    return {"val": named.get("val", named.get("test")), "test": named.get("test", named.get("val"))}, notes
+
+
+def from_splits(splits: Mapping, image_column: str, label_column: str, source: str):
+    """``LongTailedData`` from named map-style splits; string labels become a ``ClassLabel`` shared by all splits."""
+    from datasets import ClassLabel
+
+    from . import LongTailedData, label_array
+    named = _rename_splits(splits, source)
+    if "train" not in named:
+        raise ValueError(f"{source} has no train split (splits: {list(splits)})")
+    for name, ds in named.items():
+        _check_columns(name, ds.column_names, image_column, label_column, source)
+    feature = named["train"].features[label_column]
+    if getattr(feature, "dtype", None) in ("string", "large_string"):
+        names = sorted({label for ds in named.values() for label in ds.unique(label_column)})
+        named = {name: ds.cast_column(label_column, ClassLabel(names=names)) for name, ds in named.items()}
+        feature = named["train"].features[label_column]
+    num_classes = len(feature.names) if isinstance(feature, ClassLabel) else \
+        int(max(label_array(ds, label_column).max() for ds in named.values())) + 1
+    evaluation, notes = _evaluation_splits(named, source)
+    return LongTailedData(train=named["train"], splits=evaluation, class_names=class_names_of(feature, num_classes),
+                          image_column=image_column, label_column=label_column,
+                          notes=[f"{source}: {', '.join(f'{k} {len(v)}' for k, v in named.items())} images, "
+                                 f"{num_classes} classes"] + notes)
+
+
+def build_imagefolder(cfg):
+    """``data_dir/train/<class>/<image>`` (+ optional ``val/``, ``test/`` with the same class folders)."""
+    from datasets import load_dataset
+    if not cfg.data_dir or not (Path(cfg.data_dir) / "train").is_dir():
+        raise FileNotFoundError(f"the imagefolder dataset needs --data_dir holding train/<class name>/<images> (and "
+                                f"optionally val/ and test/ with the same class folders); got {cfg.data_dir!r}")
+    return from_splits(load_dataset("imagefolder", data_dir=cfg.data_dir), "image", "label",
+                       f"imagefolder {cfg.data_dir}")
+
+
+def read_count_file(path) -> list:
+    """Training images per class from a ``num_shots.npz`` (key ``num_per_class``, as the CADEL/cRT repos ship)."""
+    with np.load(path) as npz:
+        if "num_per_class" not in npz:
+            raise ValueError(f"{path} has no 'num_per_class' array (keys: {list(npz)})")
+        return np.asarray(npz["num_per_class"]).astype(np.int64).tolist()
+
+
+def count_stream_labels(stream, label_column: str) -> list:
+    """Per-class counts by one pass over the label column of a streamed split (when no count file gives them)."""
+    labels = np.fromiter((row[label_column] for row in stream.select_columns([label_column])), dtype=np.int64)
+    if len(labels) and labels.min() < 0:
+        raise ValueError(f"the streamed train split has negative labels (e.g. {labels[labels < 0][0]})")
+    return np.bincount(labels).tolist()
+
+
+def stream_hub(cfg, path: str):
+    """A Hub dataset whose train split is streamed; the evaluation splits are loaded normally (they are small)."""
+    from datasets import get_dataset_split_names, load_dataset
+
+    from . import LongTailedData, label_array
+    train = load_dataset(path, split="train", streaming=True)
+    _check_columns("train", train.column_names or [], cfg.image_column, cfg.label_column, path)
+    count_file = Path(cfg.data_dir) / COUNT_FILE if cfg.data_dir else None
+    if count_file is not None and count_file.is_file():
+        counts, how = read_count_file(count_file), f"class counts from {count_file}"
+    else:
+        logger.info("counting the labels of the streamed train split of %s (one pass over its label column; a %s in "
+                    "--data_dir gives them without it)", path, COUNT_FILE)
+        counts, how = count_stream_labels(train, cfg.label_column), "class counts from one pass over the labels"
+    named = {SPLIT_NAMES[s]: load_dataset(path, split=s) for s in get_dataset_split_names(path)
+             if SPLIT_NAMES.get(s) in ("val", "test")}
+    for name, ds in named.items():
+        _check_columns(name, ds.column_names, cfg.image_column, cfg.label_column, path)
+    evaluation, notes = _evaluation_splits(named, path)
+    feature = (train.features or {}).get(cfg.label_column)
+    names = getattr(feature, "names", None)
+    num_classes = len(names) if names else \
+        max([len(counts)] + [int(label_array(ds, cfg.label_column).max()) + 1 for ds in named.values()])
+    return LongTailedData(train=train, splits=evaluation,
+                          class_names=class_names_of(feature, num_classes),
+                          class_counts=counts + [0] * (num_classes - len(counts)), image_column=cfg.image_column,
+                          label_column=cfg.label_column, notes=[f"{path}: train split streamed; {how}"] + notes)
+
+
+def build_hub(cfg):
+    """``cfg.hub_dataset_id``: a Hub dataset id, a folder written by ``save_to_disk``, or a local data folder."""
+    from datasets import load_dataset, load_from_disk
+    path = cfg.hub_dataset_id
+    if not path:
+        raise ValueError("--dataset hub needs --hub_dataset_id: a Hub dataset id (e.g. 'user/name') or a local "
+                         "dataset folder, with --image_column / --label_column naming its columns")
+    saved = Path(path, "dataset_dict.json").is_file() or Path(path, "state.json").is_file()
+    if cfg.streaming and not saved:
+        return stream_hub(cfg, path)
+    splits = load_from_disk(path) if saved else load_dataset(path)
+    return from_splits(splits if isinstance(splits, Mapping) else {"train": splits}, cfg.image_column,
+                       cfg.label_column, path)
