@@ -100,8 +100,11 @@ def main(argv=None) -> Dict:
     compile_wanted = args.compile == "yes" or (args.compile == "auto" and on_gpu)
     if compile_wanted and (args.compile == "yes" or left > args.compile_reserve_s):
         print("# torch.compile")
-        result["train_step"] += train_step.run_backbones([plan[0][0]], replace(s, compile=True), args.vit_batch_size,
-                                                         COMPILE_VARIANTS)
+        try:
+            result["train_step"] += train_step.run_backbones([plan[0][0]], replace(s, compile=True),
+                                                             args.vit_batch_size, COMPILE_VARIANTS)
+        except Exception as exc:  # optional rows: a compiler failure must not lose the tables measured so far
+            result["compile_error"] = f"{type(exc).__name__}: {exc}"
     elif compile_wanted:
         result["compile_skipped"] = f"{left:.0f} s of the {args.budget_s:.0f} s budget left"
     save()
@@ -112,8 +115,9 @@ def main(argv=None) -> Dict:
     print(tau_search.format_table(result["tau_search"]))
     print("\n## Acceptance\n")
     print(format_acceptance(result["acceptance"]))
-    if "compile_skipped" in result:
-        print(f"\ntorch.compile rows skipped: {result['compile_skipped']}")
+    for key in ("compile_skipped", "compile_error"):
+        if key in result:
+            print(f"\ntorch.compile rows not measured ({key}): {result[key]}")
     print(f"\nwall time {result['wall_s']:.0f} s; results in {out}")
     return result
 

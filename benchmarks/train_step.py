@@ -11,11 +11,11 @@ as in ``cadel_modeling.optim``), precision and memory format, so the ratios isol
 * ``light+sync``: ``light`` plus the host read of the loss's finiteness that ``training.train_one_epoch`` makes
   every step (its non-finite/preemption flags), to show what that synchronisation costs.
 
-FLOPs per image are counted with ``torch.utils.flop_counter.FlopCounterMode`` on a meta-device twin (no memory, no
-compute): ``train`` is one forward and the backward of a scalar loss as the counter records it (convolutions and
-matrix products, about 3x the forward, a little less since the input needs no gradient); norms, activations and
-the loss itself are not counted. Achieved FLOP rate = train FLOPs per image x images/s, so ``flop_rate_ratio``
-(cascade FLOP/s / plain FLOP/s) shows the overhead beyond the extra FLOPs.
+Forward FLOPs per image are counted with ``torch.utils.flop_counter.FlopCounterMode`` on a meta-device twin (no
+memory, no compute; convolutions, matrix products and attention; norms, activations, pooling and the loss are not
+counted); a training step is taken as 3x the forward (the backward computes input and weight gradients, each
+about one forward). Achieved FLOP rate = train FLOPs per image x images/s, so ``flop_rate_ratio`` (cascade FLOP/s /
+plain FLOP/s) shows the overhead beyond the extra FLOPs.
 
     python benchmarks/train_step.py --quick                                # tiny CPU smoke run
     python benchmarks/train_step.py --image_size 96 --batch_size 8         # the README's CPU table
@@ -45,6 +45,9 @@ CNN_VARIANTS = ("plain", "light", "faithful")
 VIT_VARIANTS = ("plain", "faithful")
 FULL_BACKBONES = ("resnet50", "resnext50_32x4d", "vit_base_patch16_224")
 QUICK_BACKBONES = ("test_resnet", "test_vit")
+# Backward = input gradients + weight gradients, each about one forward. (FlopCounterMode can count the backward
+# too, but torch 2.14's formula ignores `groups` in the weight gradient, which inflates ResNeXt's and the heads'.)
+TRAIN_FLOPS_PER_FORWARD = 3
 
 
 @dataclass
@@ -79,28 +82,18 @@ def build(backbone: str, variant: str, s: StepSettings) -> nn.Module:
     return CadelForImageClassification(config)
 
 
-def _logits(model: nn.Module, x: torch.Tensor) -> List[torch.Tensor]:
-    """The logits the loss sees: one tensor for a timm model, every exit for a cascade."""
-    if isinstance(model, CadelForImageClassification):
-        return list(model(pixel_values=x).exit_logits)
-    return [model(x)]
-
-
 def count_flops(backbone: str, variant: str, s: StepSettings) -> Dict[str, float]:
-    """Forward and forward+backward FLOPs (2 per multiply-accumulate) per image, counted on a meta-device twin with
-    a batch of 2 (BatchNorm needs more than one sample in training mode)."""
+    """Forward FLOPs (2 per multiply-accumulate) per image, counted on a meta-device twin with a batch of 2
+    (BatchNorm needs more than one sample in training mode), and the training step's 3x that."""
     from torch.utils.flop_counter import FlopCounterMode
 
     with torch.device("meta"):
         model = build(backbone, variant, s).train()
     batch = 2
-    x = torch.empty(batch, 3, s.image_size, s.image_size, device="meta")
-    with FlopCounterMode(display=False) as forward_only:
-        _logits(model, x)
-    with FlopCounterMode(display=False) as train:
-        sum(z.float().sum() for z in _logits(model, x)).backward()
-    return {"forward_gflops": forward_only.get_total_flops() / batch / 1e9,
-            "train_gflops": train.get_total_flops() / batch / 1e9}
+    with FlopCounterMode(display=False) as counter:
+        model(torch.empty(batch, 3, s.image_size, s.image_size, device="meta"))
+    forward = counter.get_total_flops() / batch / 1e9
+    return {"forward_gflops": forward, "train_gflops": TRAIN_FLOPS_PER_FORWARD * forward}
 
 
 # ------------------------------------------------------------------------------------------------ one step
@@ -158,11 +151,21 @@ def _rss_bytes() -> int:
             return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _release_freed_memory():
+    """Hand memory freed by earlier runs back to the OS (glibc), so it is not silently reused by the next run."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 class RssPeak:
     """Peak resident-set growth of this process while the block runs, sampled every 2 ms (CPU only; approximate:
-    the allocator may reuse memory freed by earlier runs, and a peak shorter than the period can be missed)."""
+    the allocator may still reuse memory freed earlier, and a peak shorter than the period can be missed)."""
 
     def __enter__(self):
+        _release_freed_memory()
         self.start = self.peak = _rss_bytes()
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
@@ -271,12 +274,20 @@ def format_table(rows: List[Dict]) -> str:
     return "\n".join(lines)
 
 
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            return next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def environment(device: str) -> Dict:
     """Card, versions and date of a result, for the JSON and the README."""
     import timm
     info = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "python": platform.python_version(),
-            "torch": torch.__version__, "timm": timm.__version__, "device": device,
-            "cpu": platform.processor() or platform.machine(), "cpu_threads": torch.get_num_threads()}
+            "torch": torch.__version__, "timm": timm.__version__, "device": device, "cpu": _cpu_name(),
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
     if device.startswith("cuda"):
         info["device_name"] = torch.cuda.get_device_name(device)
         info["cuda"] = torch.version.cuda

@@ -50,6 +50,7 @@ class RunConfig:
     # ---------------------------------------------------------------- data
     dataset: str = _f("fashion_mnist_lt", "Dataset", "dataset builder name (see cadel_modeling.data.DATASET_BUILDERS)")
     data_dir: Optional[str] = _f(None, "Dataset", "local data root (split lists / images / idx files); null = default location or the Hub")
+    image_root: Optional[str] = _f(None, "Dataset", "image folder of split-list datasets (null = data_dir)")
     hub_dataset_id: Optional[str] = _f(None, "Dataset", "a Hub dataset id (or local dataset folder) for the 'hub' builder")
     image_column: str = _f("image", "Dataset", "image column name for Hub / folder datasets")
     label_column: str = _f("label", "Dataset", "label column name for Hub / folder datasets")

@@ -8,6 +8,7 @@ metrics only on the main process (the others return ``{}``).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple
 
 import torch
+from torch.utils.data import DataLoader
 
 from .data import LongTailedData, build_datasets
 from .data.loaders import build_eval_loader
@@ -56,6 +58,32 @@ def check_model_matches_data(model: CadelForImageClassification, data: LongTaile
         raise ValueError(f"{where} was trained with other per-class counts than this dataset's training split "
                          f"(class {diff}: {cfg.class_counts[diff]} vs {data.class_counts[diff]}); a different "
                          f"dataset, imbalance factor or seed? Use the settings of its run_config.yaml")
+
+
+def process_invariant_loader(cfg, data: LongTailedData, split: str, num_processes: int) -> Tuple[DataLoader, int]:
+    """An evaluation loader whose every forward pass holds ``eval_batch_size`` images on each process, and the
+    split's true size; keep that many gathered rows.
+
+    Convolution and matrix kernels pick their algorithm by input shape, so an image's logits can change in the
+    last bits with the batch size (not with the other images of the batch). With a per-process batch that does not
+    depend on the process count, and the split padded with its own first images to whole rounds of
+    ``eval_batch_size x num_processes``, every image is computed in a batch of the same shape: the gathered
+    outputs, and every number made from them, are bitwise those of one process.
+    """
+    if split not in data.splits:
+        raise ValueError(f"split {split!r} does not exist for {cfg.dataset}; available: {sorted(data.splits)}")
+    dataset = data.splits[split]
+    size = len(dataset)
+    per_round = cfg.eval_batch_size * num_processes
+    padding = -size % per_round
+    padded = dataset.select(list(range(size)) + [i % size for i in range(padding)]) if padding else dataset
+    return build_eval_loader(cfg, dataclasses.replace(data, splits={split: padded}), split, 1), size
+
+
+def predict_split(model, loader, accelerator, size: int, desc: str) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``predict`` over a :func:`process_invariant_loader`: exit logits ``[K, size, C]`` and labels, padding dropped."""
+    exit_logits, labels = predict(model, loader, accelerator, desc=desc)
+    return exit_logits[:, :size], labels[:size]
 
 
 def selected_exits(num_exits: int, rule: str, exits: Optional[Sequence[int]] = None) -> Tuple[int, ...]:
@@ -102,7 +130,7 @@ def score_variants(exit_logits: torch.Tensor, model_cfg, tau: float, exits: Opti
     return variants
 
 
-def test_agnostic_subsets(labels: torch.Tensor, class_counts: Sequence[int],
+def shifted_test_subsets(labels: torch.Tensor, class_counts: Sequence[int],
                           ratios: Sequence[float] = TEST_AGNOSTIC_RATIOS, seed: int = 0) -> Dict[str, torch.Tensor]:
     """SADE's test-agnostic protocol: subsets of a balanced split whose class sizes follow an exponential profile.
 
@@ -141,9 +169,10 @@ def _without_per_class(metrics: dict) -> dict:
 
 def report(exit_logits, labels, model_cfg, data: LongTailedData, tau: float, out_dir: Path, split: str,
            exits=None, ensemble: Optional[dict] = None, is_main: bool = True, test_agnostic: bool = False,
-           command: Optional[str] = None) -> Dict[str, dict]:
-    """Metrics of every variant, written with the main one's per-class CSV and plot. Main process only: the
-    others return ``{}`` at once (every process holds the same gathered logits, so one computation suffices)."""
+           provenance: Optional[dict] = None) -> Dict[str, dict]:
+    """Metrics of every variant, written with the main one's per-class CSV and plot (``provenance``, e.g. the
+    command, goes into results.json as is). Main process only: the others return ``{}`` at once (every process
+    holds the same gathered logits, so one computation suffices)."""
     if not is_main:
         return {}
     variants = score_variants(exit_logits, model_cfg, tau, exits, ensemble)
@@ -157,9 +186,8 @@ def report(exit_logits, labels, model_cfg, data: LongTailedData, tau: float, out
         scores = variants[main_name]
         record["test_agnostic"] = {
             name: _without_per_class(compute_long_tail_metrics(scores[idx], labels[idx], data.class_counts))
-            for name, idx in test_agnostic_subsets(labels, data.class_counts).items()}
-    if command:
-        record["command"] = command
+            for name, idx in shifted_test_subsets(labels, data.class_counts).items()}
+    record.update(provenance or {})
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "results.json", record)
     write_per_class_csv(out_dir / "per_class.csv", main["per_class_accuracy"], data.class_counts, data.class_names)
@@ -181,16 +209,17 @@ def run(cfg) -> Dict[str, dict]:
     model = load_model(model_dir)
     check_model_matches_data(model, data, str(model_dir))
     ensemble = load_ensemble(model_dir)
-    loader = build_eval_loader(cfg, data, cfg.eval_split, accelerator.num_processes)
+    loader, size = process_invariant_loader(cfg, data, cfg.eval_split, accelerator.num_processes)
     model, loader = accelerator.prepare(model, loader)
-    exit_logits, labels = predict(model, loader, accelerator, desc=cfg.eval_split)
+    exit_logits, labels = predict_split(model, loader, accelerator, size, cfg.eval_split)
     net = accelerator.unwrap_model(model)
     local = Path(cfg.eval_model).is_dir()
     out_dir = (Path(model_dir) if local else Path(cfg.output_dir)) / f"eval_{cfg.eval_split}"
     test_agnostic = getattr(cfg, "eval_test_agnostic", False)
     results = report(exit_logits, labels, net.config, data, net.config.tau, out_dir, cfg.eval_split, cfg.eval_exits,
                      ensemble, accelerator.is_main_process, test_agnostic,
-                     command=" ".join([Path(sys.argv[0]).name] + sys.argv[1:]))
+                     provenance={"command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
+                                 "num_processes": accelerator.num_processes})
     if accelerator.is_main_process:
         print(f"\n{model_dir} on {cfg.dataset} {cfg.eval_split} ({len(labels)} images)")
         print(format_table(results))

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import torch
 from accelerate import DataLoaderConfiguration
+from accelerate.data_loader import prepare_data_loader
 from accelerate.utils import set_seed
 
-from .data import build_datasets
-from .data.loaders import build_eval_loader, build_train_loader
+from .data import build_datasets, is_streamed
+from .data.loaders import build_eval_loader, build_train_loader, streamed_steps_per_epoch
 from .losses import CascadeLoss
 from .modeling import build_model, model_summary
 from .optim import build_optimizer
@@ -82,7 +83,13 @@ def run(cfg) -> dict:
     optimizer = build_optimizer(model, cfg)
     train_loader = build_train_loader(cfg, data, accelerator.num_processes)
     val_loader = build_eval_loader(cfg, data, "val", accelerator.num_processes)
-    model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
+    streamed = is_streamed(data.train)
+    if streamed:  # already split per process by the builder: accelerate must neither shard nor dispatch it again
+        model, optimizer, val_loader = accelerator.prepare(model, optimizer, val_loader)
+        train_loader = prepare_data_loader(train_loader, accelerator.device, num_processes=1, process_index=0,
+                                           put_on_device=True, dispatch_batches=False)
+    else:
+        model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
     base_loss = cfg.base_loss if cfg.base_loss != "auto" else ("bce" if cfg.is_vit() else "ce")
     loss_fn = CascadeLoss(cfg.bins, cfg.gamma, cfg.base_weight, cfg.weight_mode, base_loss)
 
@@ -97,9 +104,16 @@ def run(cfg) -> dict:
         logger.info("resumed from %s at epoch %d, step %d", resume_path, state.epoch, state.step_in_epoch)
         if accelerator.is_main_process:
             truncate_log(log_path, before_epoch=state.epoch)
-    steps_per_epoch = len(train_loader) // cfg.grad_accum_steps
+    if streamed:
+        if resume_path is not None and state.step_in_epoch:
+            raise ValueError("a streamed run resumes from epoch boundaries only; resume from an end-of-epoch "
+                             "checkpoint (checkpoints/step_*/cadel_checkpoint.json shows step_in_epoch 0)")
+        steps_per_epoch = streamed_steps_per_epoch(cfg, data, accelerator.num_processes)
+    else:
+        steps_per_epoch = len(train_loader) // cfg.grad_accum_steps
     if steps_per_epoch == 0:
-        raise ValueError(f"batch_size {cfg.batch_size} is larger than the training split ({len(data.train)} images)")
+        raise ValueError(f"batch_size {cfg.batch_size} is larger than the training split "
+                         f"({data.num_train_images} images)")
 
     def checkpoint():
         save_checkpoint(accelerator, out, state, cfg.keep_last_checkpoints, signature)
@@ -108,6 +122,8 @@ def run(cfg) -> dict:
         while state.epoch <= cfg.epochs:
             t0 = time.time()
             train_loader.set_epoch(state.epoch)
+            if hasattr(train_loader.dataset, "set_epoch"):  # per-row augmentation seeds (not always reached by the above)
+                train_loader.dataset.set_epoch(state.epoch)
             try:
                 stats = train_one_epoch(model, train_loader, optimizer, loss_fn, accelerator, cfg, state,
                                         steps_per_epoch, preemption, on_checkpoint=checkpoint)
@@ -128,7 +144,9 @@ def run(cfg) -> dict:
                 state.best_metric, state.best_epoch = val_acc, state.epoch
                 if accelerator.is_main_process:
                     save_model(net, out / "best_model", cfg)
-            record = {"epoch": state.epoch, **stats, "val_top1": val_acc, "best_val_top1": state.best_metric,
+            if int(data.skipped_images):
+                logger.warning("%d unreadable images skipped so far (--bad_image_policy skip)", int(data.skipped_images))
+            record = {"epoch": state.epoch, **stats, "skipped_images": int(data.skipped_images), "val_top1": val_acc, "best_val_top1": state.best_metric,
                       "best_epoch": state.best_epoch, "epoch_time_s": round(time.time() - t0, 2)}
             logger.info("epoch %d/%d loss %.4f lr %.5f val top-1 %.2f%%%s", state.epoch, cfg.epochs,
                         stats["train_loss"], stats["lr"], 100 * val_acc, " (best)" if improved else "")

@@ -28,14 +28,14 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .data import build_datasets
-from .data.loaders import build_eval_loader, per_process_batch
-from .evaluation import ENSEMBLE_FILE, check_model_matches_data, load_model, report, selection_name, selected_exits
+from .evaluation import (ENSEMBLE_FILE, check_model_matches_data, load_model, predict_split,
+                         process_invariant_loader, report, selected_exits, selection_name)
 from .metrics import format_table
 from .modeling import CadelForImageClassification, CosineClassifier
 from .optim import scheduled_lr, set_learning_rate
 from .posthoc import ensemble_scores, pick_tau, search_exit_weights, tau_sweep
 from .samplers import make_sampler
-from .training import accuracy, make_accelerator, predict, save_model, write_json
+from .training import accuracy, make_accelerator, save_model, write_json
 
 logger = logging.getLogger("cadel")
 
@@ -50,22 +50,12 @@ def classifier_of(net: CadelForImageClassification, exit_number: int) -> CosineC
     return net.classifier if exit_number == len(net.aux_exits) + 1 else net.aux_exits[exit_number - 1].classifier
 
 
-class ExitClassifiers(nn.Module):
-    """Classifiers applied to their exits' precomputed features: the one module cRT trains (and DDP wraps)."""
-
-    def __init__(self, classifiers: Sequence[nn.Module]):
-        super().__init__()
-        self.classifiers = nn.ModuleList(classifiers)
-
-    def forward(self, features: Sequence[torch.Tensor]) -> List[torch.Tensor]:
-        return [classifier(f) for classifier, f in zip(self.classifiers, features)]
-
-
 @torch.no_grad()
-def extract_features(model, loader, accelerator, exits: Sequence[int], desc: str = "features"
+def extract_features(model, loader, accelerator, exits: Sequence[int], size: int, desc: str = "features"
                      ) -> Tuple[List[torch.Tensor], torch.Tensor]:
-    """Inputs of the given exits' cosine classifiers over a whole split ([N, D_k] each, float32, CPU) and the
-    labels, gathered over processes. Captured by forward pre-hooks, so the exits run exactly as at inference."""
+    """Inputs of the given exits' cosine classifiers over the first ``size`` images of a (padded) split
+    ([size, D_k] each, float32, CPU) and their labels, gathered over processes. Captured by forward pre-hooks, so
+    the exits run exactly as at inference."""
     net = accelerator.unwrap_model(model)
     was_training = net.training
     net.eval()
@@ -85,7 +75,7 @@ def extract_features(model, loader, accelerator, exits: Sequence[int], desc: str
         for hook in hooks:
             hook.remove()
         net.train(was_training)
-    return [torch.cat(f) for f in features], torch.cat(labels)
+    return [torch.cat(f)[:size] for f in features], torch.cat(labels)[:size]
 
 
 @torch.no_grad()
@@ -99,8 +89,10 @@ def logits_from_features(classifiers: Sequence[nn.Module], features: Sequence[to
 
 # ------------------------------------------------------------------------------------------------ cRT
 def crt_settings(cfg, num_exits: int) -> dict:
+    """What cRT will do, as recorded in stage2_results.json."""
     return {"exits": [num_exits] if cfg.crt_exits == "last" else list(range(1, num_exits + 1)),
-            "epochs": cfg.crt_epochs, "lr": cfg.crt_lr, "batch_size": getattr(cfg, "crt_batch_size", None) or cfg.batch_size,
+            "epochs": cfg.crt_epochs, "lr": cfg.crt_lr,
+            "batch_size": getattr(cfg, "crt_batch_size", None) or cfg.batch_size,
             "momentum": cfg.momentum, "weight_decay": cfg.weight_decay, "schedule": "cosine per epoch, no warmup",
             "reinit": getattr(cfg, "crt_reinit", True), "sampler": "class_balanced", "features": CRT_FEATURES}
 
@@ -109,9 +101,12 @@ def retrain_classifiers(cfg, accelerator, model: CadelForImageClassification, da
                         ) -> Tuple[Dict[str, Tuple[torch.Tensor, torch.Tensor]], dict]:
     """cRT: re-train the chosen exits' cosine classifiers on frozen features with class-balanced sampling.
 
-    The model is frozen and stays in eval mode (BatchNorm statistics untouched, dropout off, as at inference), so
-    only the re-trained classifiers' weights change. The epoch with the best validation top-1 of the inference
-    rule (tau = 0) is kept. Returns the val/test exit logits of the re-trained model and the cRT record.
+    The model is never optimised and runs in eval mode under no_grad (BatchNorm statistics untouched, dropout off,
+    as at inference), so only the re-trained classifiers' weights change. The features of every split are gathered
+    on every process, and each process makes the same classifier updates from the same global class-balanced
+    batches: a linear layer costs little, there is no gradient all-reduce, and the result is bitwise the same for
+    any number of processes. The epoch with the best validation top-1 of the inference rule (tau = 0) is kept.
+    Returns the val/test exit logits of the re-trained model and the cRT record.
     """
     if cfg.streaming:
         raise ValueError("stage2_method crt needs a map-style training split to sample class-balanced from; "
@@ -119,34 +114,38 @@ def retrain_classifiers(cfg, accelerator, model: CadelForImageClassification, da
     num_exits = len(model.aux_exits) + 1
     settings = crt_settings(cfg, num_exits)
     exits, rule = settings["exits"], model.config.resolved_inference_rule
-    model.eval()  # never optimised and only run under no_grad; eval mode keeps BatchNorm statistics as they are
-    heads = ExitClassifiers([copy.deepcopy(classifier_of(model, k)) for k in exits]).requires_grad_(True)
-    if settings["reinit"]:  # cRT starts from a fresh classifier (the constructor's init), seeded
-        generator = torch.Generator().manual_seed(cfg.seed)
-        for head in heads.classifiers:
-            bound = 1.0 / math.sqrt(head.weight.shape[1])
-            head.weight.data.uniform_(-bound, bound, generator=generator)
-    optimizer = torch.optim.SGD(heads.parameters(), lr=cfg.crt_lr, momentum=cfg.momentum,
-                                weight_decay=cfg.weight_decay)
     train_labels = torch.as_tensor(data.train[data.label_column])
-    n = accelerator.num_processes
-    index_loader = DataLoader(torch.arange(len(train_labels)), drop_last=True,
-                              batch_size=per_process_batch(settings["batch_size"], n),
-                              sampler=make_sampler("class_balanced", train_labels.tolist(), seed=cfg.seed))
     splits = dataclasses.replace(data, splits={"train": data.train, **data.splits})
-    loaders = {s: build_eval_loader(cfg, splits, s, n) for s in ("train", "val", "test") if s in splits.splits}
-    model, heads, optimizer, index_loader, *prepared = accelerator.prepare(
-        model, heads, optimizer, index_loader, *loaders.values())
-    loaders = dict(zip(loaders, prepared))
-    net = accelerator.unwrap_model(model)
+    loaders = {s: process_invariant_loader(cfg, splits, s, accelerator.num_processes)
+               for s in ("train", "val", "test") if s in splits.splits}
+    model, *prepared = accelerator.prepare(model.eval(), *(dl for dl, _ in loaders.values()))
     every_exit = list(range(1, num_exits + 1))
-    train_features, gathered_labels = extract_features(model, loaders.pop("train"), accelerator, exits, "train")
+    features = {s: extract_features(model, dl, accelerator, exits if s == "train" else every_exit, size, s)
+                for (s, (_, size)), dl in zip(loaders.items(), prepared)}
+    train_features, gathered_labels = features.pop("train")
     if not torch.equal(gathered_labels, train_labels):
         raise RuntimeError("training features came back in another order than the training split")
-    features = {s: extract_features(model, dl, accelerator, every_exit, s) for s, dl in loaders.items()}
+    net = accelerator.unwrap_model(model)
     stage1_logits = {s: (logits_from_features([classifier_of(net, k) for k in every_exit], f, accelerator.device), y)
                      for s, (f, y) in features.items()}
     counts = net.config.class_counts
+
+    heads = nn.ModuleList([copy.deepcopy(classifier_of(net, k)) for k in exits]).requires_grad_(True)
+    if settings["reinit"]:  # cRT starts from a fresh classifier (the constructor's init), seeded
+        generator = torch.Generator().manual_seed(cfg.seed)
+        for head in heads:
+            bound = 1.0 / math.sqrt(head.weight.shape[1])
+            head.weight.data.copy_(torch.empty_like(head.weight, device="cpu").uniform_(-bound, bound,
+                                                                                          generator=generator))
+    optimizer = torch.optim.SGD(heads.parameters(), lr=cfg.crt_lr, momentum=cfg.momentum,
+                                weight_decay=cfg.weight_decay)
+    sampler = make_sampler("class_balanced", train_labels.tolist(), seed=cfg.seed)
+    index_loader = DataLoader(torch.arange(len(train_labels)), batch_size=settings["batch_size"], sampler=sampler,
+                              drop_last=True)
+    steps = len(index_loader)
+    if steps == 0:
+        raise ValueError(f"crt batch size {settings['batch_size']} is larger than the training split "
+                         f"({len(train_labels)} images); lower it")
 
     def val_top1_with(classifiers) -> float:
         logits, labels = stage1_logits["val"]
@@ -155,36 +154,29 @@ def retrain_classifiers(cfg, accelerator, model: CadelForImageClassification, da
             classifiers, [features["val"][0][k - 1] for k in exits], accelerator.device)
         return accuracy(ensemble_scores(logits, counts, 0.0, rule, cfg.eval_exits), labels)
 
-    steps = len(index_loader)
-    if steps == 0:
-        raise ValueError(f"crt batch size {settings['batch_size']} is larger than the training split "
-                         f"({len(train_labels)} images)")
     schedule = SimpleNamespace(lr=cfg.crt_lr, min_lr=0.0, epochs=cfg.crt_epochs, scheduler="cosine_epoch")
-    trained = accelerator.unwrap_model(heads)
     best, log = None, []
     for epoch in range(1, cfg.crt_epochs + 1):
         set_learning_rate(optimizer, scheduled_lr(schedule, epoch, 0, steps))
-        index_loader.set_epoch(epoch)
-        heads.train()
+        sampler.set_epoch(epoch)
         loss_sum = torch.zeros((), device=accelerator.device)
         for index in index_loader:
-            index = index.cpu()
             labels = train_labels[index].to(accelerator.device)
-            logits = heads([f[index].to(accelerator.device) for f in train_features])
-            loss = sum(F.cross_entropy(z.float(), labels) for z in logits)
-            accelerator.backward(loss)
+            loss = sum(F.cross_entropy(head(f[index].to(accelerator.device)), labels)
+                       for head, f in zip(heads, train_features))
+            loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             loss_sum += loss.detach()
-        record = {"epoch": epoch, "train_loss": accelerator.reduce(loss_sum / steps, reduction="mean").item(),
-                  "lr": scheduled_lr(schedule, epoch, 0, steps), "val_top1": val_top1_with(trained.classifiers)}
+        record = {"epoch": epoch, "train_loss": (loss_sum / steps).item(),
+                  "lr": scheduled_lr(schedule, epoch, 0, steps), "val_top1": val_top1_with(heads)}
         log.append(record)
         logger.info("cRT epoch %d/%d loss %.4f val top-1 %.2f%%", epoch, cfg.crt_epochs, record["train_loss"],
                     100 * record["val_top1"])
         if best is None or record["val_top1"] > best[0]:
-            best = (record["val_top1"], epoch, copy.deepcopy(trained.state_dict()))
-    trained.load_state_dict(best[2])
-    for k, head in zip(exits, trained.classifiers):
+            best = (record["val_top1"], epoch, copy.deepcopy(heads.state_dict()))
+    heads.load_state_dict(best[2])
+    for k, head in zip(exits, heads):
         classifier_of(net, k).load_state_dict(head.state_dict())
     stage1_val = accuracy(ensemble_scores(stage1_logits["val"][0], counts, 0.0, rule, cfg.eval_exits),
                           stage1_logits["val"][1])
@@ -247,10 +239,11 @@ def run(cfg) -> dict:
         logits, crt = retrain_classifiers(cfg, accelerator, model, data)
         net = model
     else:
-        loaders = {s: build_eval_loader(cfg, data, s, accelerator.num_processes)
+        loaders = {s: process_invariant_loader(cfg, data, s, accelerator.num_processes)
                    for s in ("val", "test") if s in data.splits}
-        model, *prepared = accelerator.prepare(model, *loaders.values())
-        logits = {s: predict(model, dl, accelerator, desc=s) for s, dl in zip(loaders, prepared)}  # one pass each
+        model, *prepared = accelerator.prepare(model, *(dl for dl, _ in loaders.values()))
+        logits = {s: predict_split(model, dl, accelerator, size, s)  # one pass per split
+                  for (s, (_, size)), dl in zip(loaders.items(), prepared)}
         net, crt = accelerator.unwrap_model(model), None
     rule = net.config.resolved_inference_rule
     counts = net.config.class_counts
@@ -264,6 +257,7 @@ def run(cfg) -> dict:
     ensemble = search_exit_weights(val_logits.to(accelerator.device), val_labels, counts, grid, step, rule) \
         if step else None
     summary = {"method": cfg.stage2_method, "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
+               "num_processes": accelerator.num_processes,
                "inference_rule": rule, "exits": list(selected_exits(num_exits, rule, cfg.eval_exits)),
                "tau": tau, "tau_selected_on": "val", "tau_grid": grid, "val_top1": max(r["top1"] for r in sweep),
                "val_sweep": sweep, "crt": crt, "ensemble": ensemble}
@@ -274,7 +268,7 @@ def run(cfg) -> dict:
         summary["test_sweep"] = tau_sweep(test_logits, test_labels, counts, grid, rule, cfg.eval_exits)
         results = report(test_logits, test_labels, net.config, data, tau, out / "eval_test", "test", cfg.eval_exits,
                          ensemble, accelerator.is_main_process, getattr(cfg, "eval_test_agnostic", False),
-                         command=summary["command"])
+                         provenance={k: summary[k] for k in ("command", "num_processes")})
         summary["test"] = {name: {m: v for m, v in r.items() if m != "per_class_accuracy"}
                            for name, r in results.items()}
         if accelerator.is_main_process:

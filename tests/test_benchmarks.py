@@ -38,8 +38,7 @@ def check_train_rows(rows, expected):
                     "flops_ratio", "cpu_time_img_s_ratio"):
             assert positive_finite(r[key]), (r["variant"], key, r[key])
         assert r["memory_kind"] == "cpu_rss_delta_approx"
-        # backward of convs and matmuls is about twice the forward; the input needs no gradient, so a bit less
-        assert 2.5 < r["train_gflops"] / r["forward_gflops"] <= 3.0
+        assert r["train_gflops"] == pytest.approx(3 * r["forward_gflops"])
     plains = [r for r in rows if r["variant"] == "plain"]
     assert all(r["img_s_ratio"] == 1.0 and r["flop_rate_ratio"] == 1.0 for r in plains)
 

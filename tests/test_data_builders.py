@@ -151,7 +151,8 @@ def test_imagefolder_with_train_val_test_folders(tmp_path):
 
 
 def test_hub_builder_reads_a_saved_dataset_with_custom_columns(tmp_path):
-    from datasets import ClassLabel, Dataset, DatasetDict, Features, Image as ImageFeature
+    from datasets import ClassLabel, Dataset, DatasetDict, Features
+    from datasets import Image as ImageFeature
 
     def split(labels):
         paths = []

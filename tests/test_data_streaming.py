@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_data_builders import config, corrupt, shade_of, write_split_lists
 
 from cadel_modeling.data import build_datasets, is_streamed
 from cadel_modeling.data.loaders import build_train_loader, streamed_steps_per_epoch
 from cadel_modeling.data.streaming import split_for_process
-from test_data_builders import config, corrupt, shade_of, write_split_lists
 
 COUNTS = [14, 10, 6, 4, 2]     # 36 training images
 
@@ -99,7 +99,8 @@ def write_parquet_dataset(root, labels_per_file):
     """A Hub-style data folder: ``data/<split>-0000k-of-0000n.parquet`` with JPEG bytes embedded."""
     import io
 
-    from datasets import ClassLabel, Dataset, Features, Image as ImageFeature
+    from datasets import ClassLabel, Dataset, Features
+    from datasets import Image as ImageFeature
     features = Features({"image": ImageFeature(), "label": ClassLabel(names=["a", "b", "c"])})
     buffer = io.BytesIO()
     Image.new("RGB", (20, 20), (50, 0, 0)).save(buffer, format="JPEG")
@@ -158,10 +159,12 @@ def test_accelerate_launch_with_two_processes_reads_each_image_once(tmp_path):
     repo = Path(__file__).resolve().parents[1]
     write_split_lists(tmp_path, COUNTS)
     (tmp_path / "run.py").write_text(SCRIPT)
-    env = {**os.environ, "PYTHONPATH": f"{repo / 'tests'}:{repo}", "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    # ACCELERATE_USE_CPU: without it accelerate 1.15 starts the config's 2 processes as 2 separate 1-process runs
+    env = {**os.environ, "PYTHONPATH": f"{repo / 'tests'}:{repo}", "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1",
+           "ACCELERATE_USE_CPU": "true"}
     result = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                              str(repo / "accelerate_configs" / "cpu_2proc.yaml"), str(tmp_path / "run.py"),
-                             str(tmp_path)], capture_output=True, text=True, env=env, timeout=120)
+                             str(tmp_path)], check=False, capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     epochs = [line for line in result.stdout.splitlines() if line.startswith("EPOCH")]
     assert epochs == [f"EPOCH {e} {list(range(36))} 2" for e in (0, 1)]

@@ -2,11 +2,9 @@
 scores against hand-made formulas, the test-agnostic subsets, and a 2-process run giving the 1-process numbers."""
 import csv
 import json
-import math
 import shutil
 import socket
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -14,7 +12,7 @@ import torch
 from sklearn.metrics import f1_score, log_loss, recall_score, top_k_accuracy_score
 
 from cadel_modeling.data import LongTailedData
-from cadel_modeling.evaluation import report, score_variants, selected_exits, test_agnostic_subsets
+from cadel_modeling.evaluation import report, score_variants, selected_exits, shifted_test_subsets
 from cadel_modeling.modeling import CadelConfig
 
 from conftest import REPO, requires_fashion_mnist
@@ -123,11 +121,11 @@ def test_variants_for_a_vit_and_for_chosen_exits():
             selected_exits(3, "last", bad)
 
 
-def test_test_agnostic_subsets_follow_the_exponential_profile():
+def test_shifted_test_subsets_follow_the_exponential_profile():
     per_class = 50
     labels = torch.arange(C).repeat(per_class)  # balanced, interleaved
     counts = COUNTS[::-1]  # class 11 is the most frequent training class, class 0 the rarest
-    subsets = test_agnostic_subsets(labels, counts, ratios=(50, 10, 2), seed=3)
+    subsets = shifted_test_subsets(labels, counts, ratios=(50, 10, 2), seed=3)
     assert list(subsets) == ["forward_50", "forward_10", "forward_2", "uniform", "backward_2", "backward_10",
                              "backward_50"]
     assert torch.equal(subsets["uniform"], torch.arange(len(labels)))
@@ -143,7 +141,7 @@ def test_test_agnostic_subsets_follow_the_exponential_profile():
     assert np.bincount(labels[subsets["forward_50"]].numpy(), minlength=C)[11] == per_class
     assert set(subsets["forward_50"].tolist()) <= set(subsets["forward_10"].tolist())  # nested: one shuffle
     with pytest.raises(ValueError, match="every class"):
-        test_agnostic_subsets(labels[labels != 4], counts)
+        shifted_test_subsets(labels[labels != 4], counts)
 
 
 def _free_port() -> int:
@@ -154,7 +152,7 @@ def _free_port() -> int:
 
 @pytest.mark.slow
 @requires_fashion_mnist
-def test_two_process_evaluation_gives_the_single_process_results(tmp_path):
+def test_two_process_evaluation_gives_the_single_process_results(tmp_path, monkeypatch):
     from cadel_modeling import evaluation
     from cadel_modeling.config import parse_config
     from cadel_modeling.data import build_datasets
@@ -166,7 +164,9 @@ def test_two_process_evaluation_gives_the_single_process_results(tmp_path):
     cfg = parse_config(args)
     torch.manual_seed(0)
     model_dir = tmp_path / "model"
-    model = build_model(cfg, build_datasets(cfg))
+    data = build_datasets(cfg)
+    monkeypatch.setattr(evaluation, "build_datasets", lambda _: data)  # built once in this process
+    model = build_model(cfg, data)
     model.config.tau = 0.75
     save_model(model, model_dir, cfg)
     write_json(model_dir / "ensemble.json", ENSEMBLE | {"weights": [0.5, 0.0, 0.5], "normalized_weights": [0.5, 0, 0.5]})
@@ -181,6 +181,7 @@ def test_two_process_evaluation_gives_the_single_process_results(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     two = json.loads((model_dir / "eval_val" / "results.json").read_text())
     one.pop("command"), two.pop("command")
+    assert (one.pop("num_processes"), two.pop("num_processes")) == (1, 2)  # one gloo group of two, not two copies
     assert one["results"]["learned exit weights 0.50/0.00/0.50, tau=0.5"]["num_samples"] == 100
     assert two == one  # every number, exactly
     assert single[one["main"]] == one["results"][one["main"]]

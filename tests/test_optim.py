@@ -75,7 +75,8 @@ def test_adamw_uses_beta2_from_the_config():
     optimizer = build_optimizer(model, RunConfig(backbone="test_vit", optimizer="adamw", adamw_beta2=0.99))
     assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["betas"] == (0.9, 0.99)
     with pytest.raises(ValueError, match="use sgd or adamw"):
-        build_optimizer(model, SimpleNamespace(optimizer="adam", layer_decay=0.75, weight_decay=0.0))
+        build_optimizer(model, SimpleNamespace(optimizer="adam", layer_decay=0.75, weight_decay=0.0,
+                                               llrd_decay_aux_heads=True))
 
 
 def test_vit_schedule_warms_up_from_a_fifth_then_half_cosine_per_step():

@@ -144,7 +144,8 @@ def build_datasets(cfg) -> LongTailedData:
                          f"prior needs every class: fix the split or drop those classes")
     if cfg.streaming and not is_streamed(data.train):
         data.train = stream_train_split(data.train, cfg)
-        data.notes.append(f"train split streamed in {data.train.num_shards} shards, shuffle buffer {cfg.shuffle_buffer}")
+        data.notes.append(f"train split streamed in {data.train.num_shards} shards, "
+                          f"shuffle buffer {cfg.shuffle_buffer}")
     return data
 
 

@@ -79,14 +79,16 @@ def build_cifar_lt(cfg, name: str):
     spec = CIFAR[name]
     folder = find_pickles(spec, cfg.data_dir)
     if folder is not None:
-        class_names = [n.decode() if isinstance(n, bytes) else n for n in _unpickle(folder / spec["meta"])[spec["names_key"]]]
+        names = _unpickle(folder / spec["meta"])[spec["names_key"]]
+        class_names = [n.decode() if isinstance(n, bytes) else n for n in names]
         train_images, train_labels = read_pickles(folder, spec, spec["train"])
         test = array_dataset(*read_pickles(folder, spec, spec["test"]))
         source = str(folder)
     else:
         from datasets import load_dataset
         hub = load_dataset(spec["hub"])
-        hub = hub.select_columns(["img", spec["hub_label"]]).rename_columns({"img": "image", spec["hub_label"]: "label"})
+        hub = hub.select_columns(["img", spec["hub_label"]])
+        hub = hub.rename_columns({"img": "image", spec["hub_label"]: "label"})
         class_names = hub["train"].features["label"].names
         train_images, train_labels = hub["train"], label_array(hub["train"], "label")
         test, source = hub["test"], spec["hub"]

@@ -28,11 +28,11 @@ INAT_SOURCE = ("the iNaturalist 2018 competition files (github.com/visipedia/ina
 
 
 def image_root(cfg) -> str:
-    return getattr(cfg, "image_root", None) or cfg.data_dir
+    return cfg.image_root or cfg.data_dir
 
 
 def find_file(data_dir, filename: str, what: str, source: str) -> Path:
-    """``filename`` in ``data_dir`` or one of its sub-folders, or an error saying what the file is and where to get it."""
+    """``filename`` in ``data_dir`` or a sub-folder, or an error saying what the file is and where to get it."""
     if not data_dir:
         raise FileNotFoundError(f"{what} needs --data_dir: the folder holding {filename}. Get {source}")
     root = Path(data_dir)
@@ -83,8 +83,9 @@ def class_names_from_paths(relative_paths: Sequence[str], labels: np.ndarray, nu
     return ["/".join(p[shared:]) for p in parents]
 
 
-def build_split_list_dataset(name: str, data_dir, root) -> "LongTailedData":
-    """ImageNet-LT / Places-LT: ``<Prefix>_{train,val,test}.txt`` in ``data_dir`` (or a sub-folder), images in ``root``."""
+def build_split_list_dataset(name: str, data_dir, root):
+    """ImageNet-LT / Places-LT: ``<Prefix>_{train,val,test}.txt`` in ``data_dir`` (or a sub-folder), images under
+    ``root``."""
     from . import LongTailedData
     spec = SPLIT_LISTS[name]
     lists = {}
@@ -140,10 +141,10 @@ def read_inat_json(path: Path) -> Tuple[List[str], np.ndarray, List[dict]]:
 def build_inat18(cfg):
     """iNaturalist 2018: the official val set is the reported split, used for model selection as well."""
     from . import LongTailedData
-    train_names, train_labels, categories = read_inat_json(find_file(cfg.data_dir, "train2018.json",
-                                                                     "iNaturalist 2018 training annotations", INAT_SOURCE))
-    val_names, val_labels, _ = read_inat_json(find_file(cfg.data_dir, "val2018.json",
-                                                        "iNaturalist 2018 validation annotations", INAT_SOURCE))
+    train_json = find_file(cfg.data_dir, "train2018.json", "iNaturalist 2018 training annotations", INAT_SOURCE)
+    val_json = find_file(cfg.data_dir, "val2018.json", "iNaturalist 2018 validation annotations", INAT_SOURCE)
+    train_names, train_labels, categories = read_inat_json(train_json)
+    val_names, val_labels, _ = read_inat_json(val_json)
     root = image_root(cfg)
     num_classes = len(categories) or int(max(train_labels.max(), val_labels.max())) + 1
     names = {c["id"]: c.get("name", str(c["id"])) for c in categories}

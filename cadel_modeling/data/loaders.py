@@ -14,7 +14,13 @@ from torch.utils.data import DataLoader
 from ..samplers import make_sampler
 from . import is_streamed, label_array
 from .streaming import min_examples_per_process, split_for_process
-from .transforms import build_transform, collate, map_image_transform, with_image_transform
+from .transforms import (
+    EpochSeededAugmentation,
+    build_transform,
+    collate,
+    map_image_transform,
+    with_image_transform,
+)
 
 
 def per_process_batch(global_batch: int, num_processes: int, accum: int = 1) -> int:
@@ -41,7 +47,7 @@ def build_train_loader(cfg, data, num_processes: int, process_index: Optional[in
     batch = per_process_batch(cfg.batch_size, num_processes, cfg.grad_accum_steps)
     jitter = cfg.color_jitter if data.color_jitter is None else data.color_jitter
     tfm = build_transform(True, cfg.image_size, data.mean, data.std, cfg.augmentation, jitter)
-    policy = dict(bad_image_policy=cfg.bad_image_policy, skipped=data.skipped_images)
+    policy = {"bad_image_policy": cfg.bad_image_policy, "skipped": data.skipped_images}
     if is_streamed(data.train):
         if cfg.sampler != "instance":
             raise ValueError(f"--sampler {cfg.sampler} draws rows by index, which a streamed split cannot do; use "
@@ -54,10 +60,12 @@ def build_train_loader(cfg, data, num_processes: int, process_index: Optional[in
         workers = _workers(cfg, stream)
         return DataLoader(ds, batch_size=batch, drop_last=True, collate_fn=collate, num_workers=workers,
                           persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
-    ds = with_image_transform(data.train, tfm, data.image_column, data.label_column, **policy)
+    ds = EpochSeededAugmentation(with_image_transform(data.train, tfm, data.image_column, data.label_column,
+                                                      **policy), seed=cfg.seed)
     sampler = make_sampler(cfg.sampler, label_array(data.train, data.label_column), seed=cfg.seed)
+    # Workers are re-created each epoch so they see the dataset's new epoch (see EpochSeededAugmentation).
     return DataLoader(ds, batch_size=batch, shuffle=sampler is None, sampler=sampler, drop_last=True,
-                      collate_fn=collate, num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0,
+                      collate_fn=collate, num_workers=cfg.num_workers, persistent_workers=False,
                       pin_memory=torch.cuda.is_available())
 
 

@@ -106,10 +106,10 @@ class DecodeAndTransform:
         self.bad_image_policy, self.fallback = bad_image_policy, fallback
         self.skipped = skipped if skipped is not None else SkipCounter()
 
-    def _skip(self, exc: UnreadableImageError) -> None:
+    def _unreadable(self, exc: UnreadableImageError) -> None:
         if self.bad_image_policy == "fail":
-            raise UnreadableImageError(f"{exc}. Replace or delete the file (and its split-list line), or pass "
-                                       f"--bad_image_policy skip to skip unreadable images (logged and counted)") from exc
+            fix = "replace or delete the file (and its split-list line), or pass --bad_image_policy skip"
+            raise UnreadableImageError(f"{exc}. To go on: {fix} (skipped images are logged and counted)") from exc
         logger.warning("skipped unreadable image (%d so far): %s", self.skipped.add(), exc)
 
     def _replacement(self):
@@ -118,7 +118,7 @@ class DecodeAndTransform:
             try:
                 return load_image(row[self.image_column]), row[self.label_column]
             except UnreadableImageError as exc:
-                self._skip(exc)
+                self._unreadable(exc)
         raise UnreadableImageError(f"{REPLACEMENT_TRIES} random replacement images in a row were unreadable too; "
                                    f"the image files look broken or missing: check the image root")
 
@@ -128,7 +128,7 @@ class DecodeAndTransform:
             try:
                 image = load_image(value)
             except UnreadableImageError as exc:
-                self._skip(exc)
+                self._unreadable(exc)
                 if self.fallback is None:
                     continue
                 image, label = self._replacement()
@@ -163,6 +163,33 @@ def map_image_transform(dataset, transform: Callable, image_column: str = "image
     columns = source.column_names or [image_column, label_column]
     return source.map(DecodeAndTransform(transform, image_column, label_column, bad_image_policy, skipped=skipped),
                       batched=True, batch_size=batch_size, remove_columns=columns)
+
+
+class EpochSeededAugmentation(torch.utils.data.Dataset):
+    """Random augmentation as a pure function of (seed, epoch, row): the same image gets the same crop whichever
+    process, worker or resumed run loads it, and the global RNG (dropout, mixup) is left untouched. This is what
+    makes a run resumed mid-epoch repeat the uninterrupted one exactly. Call ``set_epoch`` before each epoch
+    (workers must not persist across epochs, or they keep the old epoch)."""
+
+    def __init__(self, dataset, seed: int = 0):
+        self.dataset, self.seed, self.epoch = dataset, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        row_seed = (self.seed * 1_000_003 + self.epoch * 2_654_435_761 + int(index)) % (2 ** 63)
+        state = random.getstate()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(row_seed)
+            random.seed(row_seed)
+            try:
+                return self.dataset[index]
+            finally:
+                random.setstate(state)
 
 
 def collate(examples) -> dict:
