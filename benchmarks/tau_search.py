@@ -148,7 +148,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def settings_from_args(args) -> Dict:
-    pick = lambda value, quick, full: value if value is not None else (quick if args.quick else full)  # noqa: E731
+    def pick(value, quick, full):
+        return value if value is not None else quick if args.quick else full
+
     return {"backbone": pick(args.tau_backbone, "test_resnet", "resnet18"),
             "num_samples": pick(args.tau_samples, 64, 10_000), "batch_size": pick(args.tau_batch_size, 32, 256),
             "image_size": pick(args.tau_image_size, 32, 224), "num_classes": 10 if args.quick else 1000}

@@ -17,9 +17,9 @@ counted); a training step is taken as 3x the forward (the backward computes inpu
 about one forward). Achieved FLOP rate = train FLOPs per image x images/s, so ``flop_rate_ratio`` (cascade FLOP/s /
 plain FLOP/s) shows the overhead beyond the extra FLOPs.
 
-    python benchmarks/train_step.py --quick                                # tiny CPU smoke run
-    python benchmarks/train_step.py --image_size 96 --batch_size 8         # the README's CPU table
-    python benchmarks/train_step.py --batch_size 256 --out train_step.json # GPU: 224 px, bf16, channels_last
+    python benchmarks/train_step.py --quick                                    # tiny CPU smoke run
+    python benchmarks/train_step.py --threads 1 --image_size 96 --batch_size 8 # reduced size on a CPU
+    python benchmarks/train_step.py --out train_step.json                      # GPU: 224 px, batch 256, bf16
 """
 from __future__ import annotations
 
@@ -109,7 +109,7 @@ def make_step(model: nn.Module, variant: str, x: torch.Tensor, y: torch.Tensor, 
     """A closure running one optimizer step of ``variant`` on the batch (x, y): the loop body being timed."""
     fused = {"fused": True} if x.is_cuda else {}
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4, **fused)
-    scaler = torch.amp.GradScaler(enabled=s.precision == "fp16")
+    scaler = torch.amp.GradScaler(x.device.type, enabled=s.precision == "fp16")
     forward = torch.compile(model) if s.compile else model
 
     if variant == "plain":
@@ -321,7 +321,10 @@ def settings_parser(parser: Optional[argparse.ArgumentParser] = None) -> argpars
 def resolve_settings(args) -> StepSettings:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     on_gpu = device.startswith("cuda")
-    pick = lambda value, quick, gpu, cpu: value if value is not None else (quick if args.quick else gpu if on_gpu else cpu)  # noqa: E731
+
+    def pick(value, quick, gpu, cpu):
+        return value if value is not None else quick if args.quick else gpu if on_gpu else cpu
+
     precision = args.precision if args.precision != "auto" else ("bf16" if on_gpu else "fp32")
     channels_last = on_gpu if args.channels_last == "auto" else args.channels_last == "true"
     if args.threads:

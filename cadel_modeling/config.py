@@ -81,7 +81,8 @@ class RunConfig:
     cosine_scale: float = _f(30.0, "Model", "scale of the cosine classifiers")
     drop_path: float = _f(0.0, "Model", "stochastic depth rate of the backbone")
     inference_rule: str = _f("auto", "Model", "how exits combine at inference: auto = last for CNNs, sum for ViTs", ["auto", "last", "sum"])
-    channels_last: bool = _f(False, "Model", "channels_last memory format (faster CNNs on GPUs)")
+    channels_last: bool = _f(False, "Model", "channels_last memory format for model and inputs (faster CNNs on GPUs)")
+    torch_compile: bool = _f(False, "Model", "compile the model with torch.compile (inductor); minutes of warm-up")
     # ---------------------------------------------------------------- loss
     weight_mode: str = _f("per_sample", "Loss", "cascade weighting: intended per-sample, or the original CNN code's batch scalar", ["per_sample", "batch_scalar_legacy"])
     base_loss: str = _f("auto", "Loss", "per-exit base loss: auto = ce for CNNs, bce (sum over classes) for ViTs", ["auto", "ce", "bce"])

@@ -208,6 +208,7 @@ def run(cfg) -> Dict[str, dict]:
         data = build_datasets(cfg)
     model = load_model(model_dir)
     check_model_matches_data(model, data, str(model_dir))
+    selected_exits(len(model.aux_exits) + 1, model.config.resolved_inference_rule, cfg.eval_exits)  # fail early
     ensemble = load_ensemble(model_dir)
     loader, size = process_invariant_loader(cfg, data, cfg.eval_split, accelerator.num_processes)
     model, loader = accelerator.prepare(model, loader)
@@ -225,5 +226,10 @@ def run(cfg) -> Dict[str, dict]:
         print(format_table(results))
         print(f"\nresults: {out_dir / 'results.json'}, per-class: {out_dir / 'per_class.csv'}, "
               f"plot: {out_dir / 'per_class_accuracy.png'}")
+        if cfg.push_to_hub:  # a Hub model's results live in output_dir, outside the read-only cache
+            from .hub import push_to_hub
+            extra = {} if local else {"eval_dirs": [out_dir], "card_path": Path(cfg.output_dir) / "README.md"}
+            push_to_hub(model_dir, cfg.hub_model_id or (None if local else cfg.eval_model), private=cfg.hub_private,
+                        **extra)
     accelerator.wait_for_everyone()
     return results

@@ -79,12 +79,14 @@ def extract_features(model, loader, accelerator, exits: Sequence[int], size: int
 
 
 @torch.no_grad()
-def logits_from_features(classifiers: Sequence[nn.Module], features: Sequence[torch.Tensor], device,
+def logits_from_features(classifiers: Sequence[nn.Module], features: Sequence[torch.Tensor], accelerator,
                          chunk: int = 8192) -> torch.Tensor:
-    """``[K, N, C]`` logits (float32, CPU) of each classifier on its exit's features, in fixed-size chunks."""
-    return torch.stack([torch.cat([classifier(f[i:i + chunk].to(device)).float().cpu()
-                                   for i in range(0, len(f), chunk)])
-                        for classifier, f in zip(classifiers, features)])
+    """``[K, N, C]`` logits (float32, CPU) of each classifier on its exit's features, in fixed-size chunks and
+    under the same autocast as the network's own forward pass."""
+    with accelerator.autocast():
+        return torch.stack([torch.cat([classifier(f[i:i + chunk].to(accelerator.device)).float().cpu()
+                                       for i in range(0, len(f), chunk)])
+                            for classifier, f in zip(classifiers, features)])
 
 
 # ------------------------------------------------------------------------------------------------ cRT
@@ -114,7 +116,6 @@ def retrain_classifiers(cfg, accelerator, model: CadelForImageClassification, da
     num_exits = len(model.aux_exits) + 1
     settings = crt_settings(cfg, num_exits)
     exits, rule = settings["exits"], model.config.resolved_inference_rule
-    train_labels = torch.as_tensor(data.train[data.label_column])
     splits = dataclasses.replace(data, splits={"train": data.train, **data.splits})
     loaders = {s: process_invariant_loader(cfg, splits, s, accelerator.num_processes)
                for s in ("train", "val", "test") if s in splits.splits}
@@ -122,12 +123,10 @@ def retrain_classifiers(cfg, accelerator, model: CadelForImageClassification, da
     every_exit = list(range(1, num_exits + 1))
     features = {s: extract_features(model, dl, accelerator, exits if s == "train" else every_exit, size, s)
                 for (s, (_, size)), dl in zip(loaders.items(), prepared)}
-    train_features, gathered_labels = features.pop("train")
-    if not torch.equal(gathered_labels, train_labels):
-        raise RuntimeError("training features came back in another order than the training split")
+    train_features, train_labels = features.pop("train")
     net = accelerator.unwrap_model(model)
-    stage1_logits = {s: (logits_from_features([classifier_of(net, k) for k in every_exit], f, accelerator.device), y)
-                     for s, (f, y) in features.items()}
+    val_features, val_labels = features["val"]
+    stage1_val_logits = logits_from_features([classifier_of(net, k) for k in every_exit], val_features, accelerator)
     counts = net.config.class_counts
 
     heads = nn.ModuleList([copy.deepcopy(classifier_of(net, k)) for k in exits]).requires_grad_(True)
@@ -135,8 +134,8 @@ def retrain_classifiers(cfg, accelerator, model: CadelForImageClassification, da
         generator = torch.Generator().manual_seed(cfg.seed)
         for head in heads:
             bound = 1.0 / math.sqrt(head.weight.shape[1])
-            head.weight.data.copy_(torch.empty_like(head.weight, device="cpu").uniform_(-bound, bound,
-                                                                                          generator=generator))
+            with torch.no_grad():
+                head.weight.copy_(torch.empty(head.weight.shape).uniform_(-bound, bound, generator=generator))
     optimizer = torch.optim.SGD(heads.parameters(), lr=cfg.crt_lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay)
     sampler = make_sampler("class_balanced", train_labels.tolist(), seed=cfg.seed)
@@ -148,11 +147,10 @@ def retrain_classifiers(cfg, accelerator, model: CadelForImageClassification, da
                          f"({len(train_labels)} images); lower it")
 
     def val_top1_with(classifiers) -> float:
-        logits, labels = stage1_logits["val"]
-        logits = logits.clone()
+        logits = stage1_val_logits.clone()
         logits[[k - 1 for k in exits]] = logits_from_features(
-            classifiers, [features["val"][0][k - 1] for k in exits], accelerator.device)
-        return accuracy(ensemble_scores(logits, counts, 0.0, rule, cfg.eval_exits), labels)
+            classifiers, [val_features[k - 1] for k in exits], accelerator)
+        return accuracy(ensemble_scores(logits, counts, 0.0, rule, cfg.eval_exits), val_labels)
 
     schedule = SimpleNamespace(lr=cfg.crt_lr, min_lr=0.0, epochs=cfg.crt_epochs, scheduler="cosine_epoch")
     best, log = None, []
@@ -178,9 +176,8 @@ def retrain_classifiers(cfg, accelerator, model: CadelForImageClassification, da
     heads.load_state_dict(best[2])
     for k, head in zip(exits, heads):
         classifier_of(net, k).load_state_dict(head.state_dict())
-    stage1_val = accuracy(ensemble_scores(stage1_logits["val"][0], counts, 0.0, rule, cfg.eval_exits),
-                          stage1_logits["val"][1])
-    logits = {s: (logits_from_features([classifier_of(net, k) for k in every_exit], f, accelerator.device), y)
+    stage1_val = accuracy(ensemble_scores(stage1_val_logits, counts, 0.0, rule, cfg.eval_exits), val_labels)
+    logits = {s: (logits_from_features([classifier_of(net, k) for k in every_exit], f, accelerator), y)
               for s, (f, y) in features.items()}
     return logits, {**settings, "best_epoch": best[1], "best_val_top1": best[0], "stage1_val_top1": stage1_val,
                     "log": log}
@@ -235,6 +232,7 @@ def run(cfg) -> dict:
                          f"lacks; give the dataset a validation split (e.g. --val_per_class)")
     model = load_model(model_dir)
     check_model_matches_data(model, data, str(model_dir))
+    main_exits = selected_exits(len(model.aux_exits) + 1, model.config.resolved_inference_rule, cfg.eval_exits)
     if cfg.stage2_method == "crt":
         logits, crt = retrain_classifiers(cfg, accelerator, model, data)
         net = model
@@ -258,7 +256,7 @@ def run(cfg) -> dict:
         if step else None
     summary = {"method": cfg.stage2_method, "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
                "num_processes": accelerator.num_processes,
-               "inference_rule": rule, "exits": list(selected_exits(num_exits, rule, cfg.eval_exits)),
+               "inference_rule": rule, "exits": list(main_exits),
                "tau": tau, "tau_selected_on": "val", "tau_grid": grid, "val_top1": max(r["top1"] for r in sweep),
                "val_sweep": sweep, "crt": crt, "ensemble": ensemble}
     if accelerator.is_main_process:
@@ -277,7 +275,12 @@ def run(cfg) -> dict:
         save_model(net, out / "model", cfg)
         if ensemble:
             write_json(out / "model" / ENSEMBLE_FILE, {**ensemble, "selected_on": "val"})
+        else:  # a previous run's weights must not outlive the search being turned off
+            (out / "model" / ENSEMBLE_FILE).unlink(missing_ok=True)
         write_json(out / "stage2_results.json", summary)
         logger.info("stage 2 done: model with tau=%g in %s", tau, out / "model")
+        if cfg.push_to_hub:  # after every local file is final; a failed push logs and keeps them
+            from .hub import push_to_hub
+            push_to_hub(out / "model", cfg.hub_model_id, private=cfg.hub_private)
     accelerator.wait_for_everyone()
     return summary

@@ -216,7 +216,10 @@ def train_one_epoch(model, loader, optimizer, loss_fn: CascadeLoss, accelerator,
                      + i % cfg.grad_accum_steps)
         torch.manual_seed(step_seed)
         mixup_gen.manual_seed(step_seed)
-        x, y_a, y_b, lam = mixup_batch(batch["pixel_values"], batch["labels"], cfg.mixup_alpha, mixup_gen)
+        x = batch["pixel_values"]
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        x, y_a, y_b, lam = mixup_batch(x, batch["labels"], cfg.mixup_alpha, mixup_gen)
         with accelerator.accumulate(model):
             exit_logits = model(pixel_values=x).exit_logits
             loss = loss_fn(exit_logits, y_a, y_b, lam, T)

@@ -46,7 +46,9 @@ def check_train_rows(rows, expected):
 @pytest.mark.slow
 def test_gpu_suite_quick_writes_every_section(tmp_path, restore_threads):
     out = tmp_path / "suite.json"
-    result = gpu_suite.main(TINY + ["--tau_samples", "24", "--tau_batch_size", "8", "--out", str(out)])
+    # bf16 autocast and channels_last: the settings of the GPU run, exercised on the CPU
+    result = gpu_suite.main(TINY + ["--precision", "bf16", "--channels_last", "true", "--tau_samples", "24",
+                                    "--tau_batch_size", "8", "--out", str(out)])
     saved = json.loads(out.read_text())
     assert saved["environment"]["torch"] == torch.__version__ and saved["environment"]["device"] == "cpu"
     check_train_rows(saved["train_step"], [(b, v) for b, variants in gpu_suite.QUICK_PLAN for v in variants])
@@ -56,6 +58,7 @@ def test_gpu_suite_quick_writes_every_section(tmp_path, restore_threads):
     acc = saved["acceptance"]
     assert acc["backbone"] == "test_resnet" and acc["applies"] is False  # CPU and not ResNet-50
     assert acc["light_img_s_ratio_met"] == (acc["light_img_s_ratio"] >= gpu_suite.ACCEPTANCE_TARGET)
+    assert saved["settings"]["precision"] == "bf16" and saved["settings"]["channels_last"] is True
     assert "compile_skipped" not in saved and not any(r["compile"] for r in saved["train_step"])
     assert result["tau_search"]["sweep"] == tau["sweep"]
 

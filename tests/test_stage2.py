@@ -18,11 +18,11 @@ from cadel_modeling.posthoc import (
 
 from conftest import FASHION_MNIST_DIR
 
+EVAL_BATCH = 64
 ARGS = ["--config", "fashion_mnist_lt", "--n_max", "60", "--val_per_class", "10", "--imb_factor", "20",
         "--backbone", "test_resnet", "--batch_size", "32", "--eval_batch_size", str(EVAL_BATCH), "--crt_epochs", "3",
         "--crt_lr", "0.1", "--tau_grid", "[0.0, 0.5, 1.0, 1.5]"]
 TEST_IMAGES = 150
-EVAL_BATCH = 64
 
 
 def one_pass(*sizes):
@@ -79,10 +79,20 @@ def stage2_env(tiny_run, monkeypatch):
 
 
 @pytest.mark.slow
-def test_tau_sweep_runs_the_network_once_per_split(stage2_env):
+def test_tau_sweep_runs_the_network_once_per_split(stage2_env, monkeypatch):
+    from cadel_modeling import hub
+
     run, out, data = stage2_env
-    summary, calls = run("--stage2_method", "logit_adjustment")
+    pushed = []
+
+    def push(path, repo_id, private):
+        written = (path / "ensemble.json").is_file() and (path.parent / "stage2_results.json").is_file()
+        pushed.append((path, repo_id, private, written))
+
+    monkeypatch.setattr(hub, "push_to_hub", push)
+    summary, calls = run("--stage2_method", "logit_adjustment", "--push_to_hub", "true", "--hub_model_id", "me/tiny")
     assert calls == one_pass(len(data.splits["val"]), TEST_IMAGES)  # not once per tau
+    assert pushed == [(out / "stage2_logit_adjustment" / "model", "me/tiny", False, True)]  # once all is written
     sweep = summary["val_sweep"]
     assert [r["tau"] for r in sweep] == [0.0, 0.5, 1.0, 1.5]
     assert summary["tau"] == next(r["tau"] for r in sweep if r["top1"] == max(s["top1"] for s in sweep))
