@@ -103,7 +103,8 @@ class RunConfig:
                                     "(only aux blocks decayed, aux heads at full lr)")
     epochs: int = _f(200, "Optimizer", "stage-1 epochs")
     batch_size: int = _f(128, "Optimizer", "global training batch size (split over processes)")
-    eval_batch_size: int = _f(256, "Optimizer", "global evaluation batch size")
+    eval_batch_size: int = _f(256, "Optimizer", "evaluation images per forward pass on each process (fixed, so "
+                              "results do not depend on the process count)")
     grad_accum_steps: int = _f(1, "Optimizer", "gradient accumulation steps")
     scheduler: str = _f("cosine_epoch", "Optimizer", "cosine_epoch (CNN: per-epoch cosine, no warmup) or warmup_cosine (ViT: per-step)", ["cosine_epoch", "warmup_cosine"])
     warmup_epochs: float = _f(5.0, "Optimizer", "warmup epochs of warmup_cosine")
@@ -115,9 +116,14 @@ class RunConfig:
     crt_epochs: int = _f(10, "Stage 2", "cRT epochs")
     crt_lr: float = _f(0.05, "Stage 2", "cRT learning rate")
     crt_exits: str = _f("last", "Stage 2", "which exits' heads cRT re-trains", ["last", "all"])
+    crt_batch_size: Optional[int] = _f(None, "Stage 2", "global cRT batch (null = batch_size)")
+    crt_reinit: bool = _f(True, "Stage 2", "start cRT from a freshly initialised classifier (Kang et al.) instead of the stage-1 one")
+    crt_logit_adjustment: bool = _f(True, "Stage 2", "also choose tau (0 included) on top of cRT")
+    exit_weight_step: float = _f(0.1, "Stage 2", "step of the exit-weight grid searched on val (0 = off)")
     # ---------------------------------------------------------------- evaluation
     eval_model: Optional[str] = _f(None, "Evaluation", "model to evaluate: a run folder, a saved model folder or a Hub model id")
     eval_split: str = _f("test", "Evaluation", "split evaluated by evaluate.py")
+    eval_test_agnostic: bool = _f(False, "Evaluation", "also score SADE's forward/backward long-tailed test distributions")
     eval_exits: Optional[list] = _f(None, "Evaluation", "exits to sum at evaluation (1-based; null = the model's inference rule)")
 
     # -- helpers -----------------------------------------------------------------------------------------------

@@ -216,7 +216,7 @@ def run(cfg) -> Dict[str, dict]:
     net = accelerator.unwrap_model(model)
     local = Path(cfg.eval_model).is_dir()
     out_dir = (Path(model_dir) if local else Path(cfg.output_dir)) / f"eval_{cfg.eval_split}"
-    test_agnostic = getattr(cfg, "eval_test_agnostic", False)
+    test_agnostic = cfg.eval_test_agnostic
     results = report(exit_logits, labels, net.config, data, net.config.tau, out_dir, cfg.eval_split, cfg.eval_exits,
                      ensemble, accelerator.is_main_process, test_agnostic,
                      provenance={"command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),

@@ -21,7 +21,7 @@ import yaml
 logger = logging.getLogger("cadel")
 
 RUN_CONFIG_NAME = "run_config.yaml"
-MODEL_FILES = ("config.json", "preprocessor_config.json", RUN_CONFIG_NAME)
+MODEL_FILES = ("config.json", "preprocessor_config.json", RUN_CONFIG_NAME, "ensemble.json")
 RUN_FILES = ("config.yaml", "run_info.json", "train_log.jsonl", "stage1_summary.json", "stage2_results.json")
 RESULT_FILES = ("results.json", "per_class.csv", "per_class_accuracy.png")
 CARD_METRICS = {"accuracy": "Top-1 accuracy", "many_accuracy": "Top-1 accuracy, many-shot classes (>100 images)",
@@ -264,6 +264,7 @@ _FILE_NOTES = {
     "model.safetensors": "weights", "model.safetensors.index.json": "index of the sharded weights",
     "preprocessor_config.json": "the evaluation transform, for `pipeline()`",
     RUN_CONFIG_NAME: "the full run config saved with these weights",
+    "ensemble.json": "exit weights and tau learned on the validation split (stage 2)",
     "config.yaml": "the resolved stage-1 config", "run_info.json": "command, process count, versions, classes",
     "train_log.jsonl": "one line per stage-1 epoch", "stage1_summary.json": "best validation epoch",
     "stage2_results.json": "stage-2 method and tau sweep", "results.json": "metrics of every score variant",

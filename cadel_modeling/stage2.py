@@ -94,9 +94,9 @@ def crt_settings(cfg, num_exits: int) -> dict:
     """What cRT will do, as recorded in stage2_results.json."""
     return {"exits": [num_exits] if cfg.crt_exits == "last" else list(range(1, num_exits + 1)),
             "epochs": cfg.crt_epochs, "lr": cfg.crt_lr,
-            "batch_size": getattr(cfg, "crt_batch_size", None) or cfg.batch_size,
+            "batch_size": cfg.crt_batch_size or cfg.batch_size,
             "momentum": cfg.momentum, "weight_decay": cfg.weight_decay, "schedule": "cosine per epoch, no warmup",
-            "reinit": getattr(cfg, "crt_reinit", True), "sampler": "class_balanced", "features": CRT_FEATURES}
+            "reinit": cfg.crt_reinit, "sampler": "class_balanced", "features": CRT_FEATURES}
 
 
 def retrain_classifiers(cfg, accelerator, model: CadelForImageClassification, data
@@ -190,7 +190,7 @@ def tau_grid_for(cfg) -> List[float]:
     grid = [float(t) for t in cfg.tau_grid]
     if cfg.stage2_method != "crt":
         return grid
-    if not getattr(cfg, "crt_logit_adjustment", True):
+    if not cfg.crt_logit_adjustment:
         return [0.0]
     return [0.0] + [t for t in grid if t != 0.0]
 
@@ -251,7 +251,7 @@ def run(cfg) -> dict:
     sweep = tau_sweep(val_logits, val_labels, counts, grid, rule, cfg.eval_exits)
     tau = pick_tau(sweep)
     net.config.tau = tau
-    step = getattr(cfg, "exit_weight_step", 0.1)
+    step = cfg.exit_weight_step
     ensemble = search_exit_weights(val_logits.to(accelerator.device), val_labels, counts, grid, step, rule) \
         if step else None
     summary = {"method": cfg.stage2_method, "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
@@ -265,7 +265,7 @@ def run(cfg) -> dict:
         test_logits, test_labels = logits["test"]
         summary["test_sweep"] = tau_sweep(test_logits, test_labels, counts, grid, rule, cfg.eval_exits)
         results = report(test_logits, test_labels, net.config, data, tau, out / "eval_test", "test", cfg.eval_exits,
-                         ensemble, accelerator.is_main_process, getattr(cfg, "eval_test_agnostic", False),
+                         ensemble, accelerator.is_main_process, cfg.eval_test_agnostic,
                          provenance={k: summary[k] for k in ("command", "num_processes")})
         summary["test"] = {name: {m: v for m, v in r.items() if m != "per_class_accuracy"}
                            for name, r in results.items()}

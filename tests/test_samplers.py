@@ -4,7 +4,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
 from scipy import stats
 from torch.utils.data import DataLoader
 
