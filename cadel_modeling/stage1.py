@@ -17,9 +17,8 @@ from .data.loaders import build_eval_loader, build_train_loader, streamed_steps_
 from .losses import CascadeLoss
 from .modeling import build_model, model_summary
 from .optim import build_optimizer
-from .training import (NonFiniteLossError, Preemption, TrainState, accuracy, append_jsonl, check_checkpoint_signature,
-                       make_accelerator,
-                       checkpoint_signature, predict, resolve_resume, save_checkpoint, save_model, selection_scores,
+from .training import (Preemption, TrainState, accuracy, append_jsonl, check_checkpoint_signature, checkpoint_signature,
+                       make_accelerator, predict, resolve_resume, save_checkpoint, save_model, selection_scores,
                        train_one_epoch, truncate_log, write_json)
 
 logger = logging.getLogger("cadel")
@@ -83,7 +82,8 @@ def run(cfg) -> dict:
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if accelerator.is_main_process:
-        logger.info("%s cascade, parameters and MACs per image:\n%s", cfg.backbone, model_summary(model, cfg.image_size))
+        logger.info("%s cascade, parameters and MACs per image:\n%s", cfg.backbone,
+                    model_summary(model, cfg.image_size))
     optimizer = build_optimizer(model, cfg)
     train_loader = build_train_loader(cfg, data, accelerator.num_processes)
     val_loader = build_eval_loader(cfg, data, "val", accelerator.num_processes)
@@ -126,22 +126,18 @@ def run(cfg) -> dict:
         while state.epoch <= cfg.epochs:
             t0 = time.time()
             train_loader.set_epoch(state.epoch)
-            if hasattr(train_loader.dataset, "set_epoch"):  # per-row augmentation seeds (not always reached by the above)
+            if hasattr(train_loader.dataset, "set_epoch"):  # per-row augmentation seeds; not always reached above
                 train_loader.dataset.set_epoch(state.epoch)
-            try:
-                stats = train_one_epoch(model, train_loader, optimizer, loss_fn, accelerator, cfg, state,
-                                        steps_per_epoch, preemption, on_checkpoint=checkpoint)
-            except NonFiniteLossError as exc:
-                logger.error("%s", exc)
-                raise
+            stats = train_one_epoch(model, train_loader, optimizer, loss_fn, accelerator, cfg, state,
+                                    steps_per_epoch, preemption, on_checkpoint=checkpoint)
             if preemption.requested:
                 checkpoint()
                 logger.warning("stopped by a signal at epoch %d step %d; checkpoint saved, resume with "
                                "--resume_from_checkpoint latest", state.epoch, state.step_in_epoch)
                 return {"preempted": True, "epoch": state.epoch}
+            vit_rule = net.config.resolved_inference_rule == "sum"  # CNN rule: the aux exits need not run
             val_logits, val_labels = predict(model, val_loader, accelerator,
-                                             exits=None if net.config.resolved_inference_rule == "sum" else [len(net.aux_exits) + 1],
-                                             desc="val")
+                                             exits=None if vit_rule else [len(net.aux_exits) + 1], desc="val")
             val_acc = accuracy(selection_scores(val_logits, net.config), val_labels)
             improved = val_acc > state.best_metric
             if improved:
@@ -149,9 +145,11 @@ def run(cfg) -> dict:
                 if accelerator.is_main_process:
                     save_model(net, out / "best_model", cfg)
             if int(data.skipped_images):
-                logger.warning("%d unreadable images skipped so far (--bad_image_policy skip)", int(data.skipped_images))
-            record = {"epoch": state.epoch, **stats, "skipped_images": int(data.skipped_images), "val_top1": val_acc, "best_val_top1": state.best_metric,
-                      "best_epoch": state.best_epoch, "epoch_time_s": round(time.time() - t0, 2)}
+                logger.warning("%d unreadable images skipped so far (--bad_image_policy skip)",
+                               int(data.skipped_images))
+            record = {"epoch": state.epoch, **stats, "skipped_images": int(data.skipped_images), "val_top1": val_acc,
+                      "best_val_top1": state.best_metric, "best_epoch": state.best_epoch,
+                      "epoch_time_s": round(time.time() - t0, 2)}
             logger.info("epoch %d/%d loss %.4f lr %.5f val top-1 %.2f%%%s", state.epoch, cfg.epochs,
                         stats["train_loss"], stats["lr"], 100 * val_acc, " (best)" if improved else "")
             if accelerator.is_main_process:
@@ -162,9 +160,10 @@ def run(cfg) -> dict:
     if accelerator.is_main_process:
         save_model(net, out / "last_model", cfg)
     accelerator.wait_for_everyone()
+    rule = ("the tau=1 logit-adjusted sum of exits (ViT rule)" if net.config.resolved_inference_rule == "sum"
+            else "the raw last exit (CNN rule)")
     summary = {"best_val_top1": state.best_metric, "best_epoch": state.best_epoch, "epochs": cfg.epochs,
-               "selection": "val top-1 of " + ("the tau=1 logit-adjusted sum of exits (ViT rule)"
-                                               if net.config.resolved_inference_rule == "sum" else "the raw last exit (CNN rule)")}
+               "skipped_steps": state.skipped_steps, "selection": f"val top-1 of {rule}"}
     if accelerator.is_main_process:
         write_json(out / "stage1_summary.json", summary)
         if cfg.push_to_hub:  # after every local file is final; a failed push logs and keeps them
