@@ -8,7 +8,8 @@ Sections, in order (the JSON is rewritten after each, so a run cut short keeps w
    cascade with ``training.py``'s per-step host sync), ResNeXt-50 and ViT-B/16 at 224 px, bf16 autocast,
    channels_last for CNNs, SGD: images/s, FLOPs, achieved FLOP rate and peak memory (``train_step.py``);
 2. stage-2 tau search, one forward pass against one per tau (``tau_search.py``);
-3. ``torch.compile`` rows for ResNet-50 (plain and light), only if the time budget leaves room for compiling.
+3. the input pipeline against torchvision ``ImageFolder`` (``input_pipeline.py``, CPU decode + augmentation);
+4. ``torch.compile`` rows for ResNet-50 (plain and light), only if the time budget leaves room for compiling.
 
 It ends with the issue's acceptance checks on ResNet-50: light-head images/s >= 80% of plain timm's, and faithful-head
 achieved FLOP rate >= 80% of plain timm's. ``--quick`` runs the same code paths with tiny models on the CPU.
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Dict, List
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import input_pipeline  # noqa: E402
 import tau_search  # noqa: E402
 import train_step  # noqa: E402
 
@@ -91,6 +93,12 @@ def main(argv=None) -> Dict:
 
     print("# stage-2 tau search")
     result["tau_search"] = tau_search.run_tau_benchmark(**tau_search.settings_from_args(args))
+    save()
+
+    print("# input pipeline (CPU decode + augmentation, against torchvision ImageFolder)")
+    pipeline_args = ["--quick"] if args.quick else ["--num_images", "1000", "--repeats", "2"]
+    result["input_pipeline"] = input_pipeline.main(
+        pipeline_args + ["--output_json", str(out.with_name(out.stem + "_input_pipeline.json"))])
     save()
 
     left = args.budget_s - (time.perf_counter() - t0)

@@ -59,6 +59,9 @@ def test_gpu_suite_quick_writes_every_section(tmp_path, restore_threads):
     assert acc["backbone"] == "test_resnet" and acc["applies"] is False  # CPU and not ResNet-50
     assert acc["light_img_s_ratio_met"] == (acc["light_img_s_ratio"] >= gpu_suite.ACCEPTANCE_TARGET)
     assert saved["settings"]["precision"] == "bf16" and saved["settings"]["channels_last"] is True
+    pipelines = saved["input_pipeline"]["pipelines"]
+    assert pipelines["torchvision ImageFolder"]["ratio_to_torchvision"] == 1.0
+    assert all(positive_finite(p["ratio_to_torchvision"]) for p in pipelines.values())
     assert "compile_skipped" not in saved and not any(r["compile"] for r in saved["train_step"])
     assert result["tau_search"]["sweep"] == tau["sweep"]
 
