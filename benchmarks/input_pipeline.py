@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ from cadel_modeling.config import RunConfig
 from cadel_modeling.data import build_datasets
 from cadel_modeling.data.loaders import build_train_loader
 from cadel_modeling.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from train_step import cpu_name  # benchmarks/ is on sys.path when a benchmark script runs
 
 NUM_CLASSES = 10
 
@@ -82,14 +82,6 @@ def images_per_second(loader: DataLoader) -> float:
     return images / (time.perf_counter() - start)
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            return next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
-
-
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--num_images", type=int, default=2000)
@@ -118,7 +110,7 @@ def main(argv=None) -> dict:
     result = {
         "num_images": args.num_images, "mean_jpeg_kb": round(mean_bytes / 1024, 1), "image_size": args.image_size,
         "batch_size": args.batch_size, "num_workers": args.num_workers, "repeats": args.repeats,
-        "cpu_count": os.cpu_count(), "cpu": cpu_model(), "load_average_1min_before": round(load_before, 2),
+        "cpu_count": os.cpu_count(), "cpu": cpu_name(), "load_average_1min_before": round(load_before, 2),
         "torch": torch.__version__, "pipelines": {
             name: {"images_per_s": round(max(r), 1), "all_runs": [round(x, 1) for x in r],
                    "ratio_to_torchvision": round(max(r) / baseline, 3)} for name, r in rates.items()}}

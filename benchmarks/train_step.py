@@ -274,7 +274,7 @@ def format_table(rows: List[Dict]) -> str:
     return "\n".join(lines)
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as fh:
             return next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
@@ -286,7 +286,7 @@ def environment(device: str) -> Dict:
     """Card, versions and date of a result, for the JSON and the README."""
     import timm
     info = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "python": platform.python_version(),
-            "torch": torch.__version__, "timm": timm.__version__, "device": device, "cpu": _cpu_name(),
+            "torch": torch.__version__, "timm": timm.__version__, "device": device, "cpu": cpu_name(),
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
     if device.startswith("cuda"):
         info["device_name"] = torch.cuda.get_device_name(device)
