@@ -1,22 +1,35 @@
-# Two commands for a fresh machine (Debian/Ubuntu, root or sudo-less container):
+# Two commands for a fresh machine (Debian/Ubuntu, root or sudo):
 #   make demo   installs everything, then trains and evaluates CADEL on Fashion-MNIST-LT on the CPU (minutes)
 #   make test   installs everything (with the dev extra), then runs the test suite
+# Installs are remembered in .make/ and redone only when setup.cfg, pyproject.toml or .ci/install.sh change.
 PYTHON ?= python3
 ACCELERATE ?= accelerate launch --config_file accelerate_configs/cpu.yaml
 RUN_DIR ?= runs/fashion_mnist_lt
+INSTALL_INPUTS := setup.cfg pyproject.toml .ci/install.sh
 
-.PHONY: install install-dev demo test
+.PHONY: install install-dev demo test lint mutation
 
-install:
+install: .make/install
+install-dev: .make/install-dev
+
+.make/install: $(INSTALL_INPUTS)
 	bash .ci/install.sh
+	@mkdir -p .make && touch $@
 
-install-dev:
+.make/install-dev: $(INSTALL_INPUTS)
 	bash .ci/install.sh dev
+	@mkdir -p .make && touch $@ .make/install
 
 demo: install
-	$(ACCELERATE) train_stage1.py --config fashion_mnist_lt --output_dir $(RUN_DIR) --overwrite_output_dir true
+	$(ACCELERATE) train_stage1.py --config fashion_mnist_lt --output_dir $(RUN_DIR) --overwrite_output_dir
 	$(ACCELERATE) train_stage2.py --stage1_dir $(RUN_DIR)
 	$(ACCELERATE) evaluate.py --eval_model $(RUN_DIR)
 
 test: install-dev
 	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -n 2 -q
+
+lint: install-dev
+	$(PYTHON) -m ruff check .
+
+mutation: install-dev
+	$(PYTHON) benchmarks/mutation.py

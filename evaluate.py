@@ -1,12 +1,8 @@
 #!/usr/bin/env python
-"""Evaluate a CADEL model (a run folder, a saved model folder or a Hub model id) on a split.
+"""Evaluation from a clone: the same command as ``accelerate launch -m cadel_modeling.evaluate``.
 
     accelerate launch evaluate.py --eval_model runs/fashion_mnist_lt
-    accelerate launch evaluate.py --eval_model runs/in_lt_r50/stage2_logit_adjustment/model --eval_split val
     accelerate launch evaluate.py --eval_model user/cadel-resnet50-imagenet-lt --data_dir /data/ImageNet_LT
-
-Prints overall / many / medium / few top-1, top-5, ECE and NLL for the model's inference rule (before and after
-logit adjustment) and for each exit; writes results.json, per_class.csv and per_class_accuracy.png.
 """
 if __name__ == "evaluate":
     # This file was imported as ``evaluate``: a process started in the repository root has this folder first on
@@ -27,13 +23,6 @@ if __name__ == "evaluate":
     sys.modules["evaluate"] = _package
     _spec.loader.exec_module(_package)
 elif __name__ == "__main__":
-    from cadel_modeling.config import ConfigError, main_error, parse_config_with_base
-    from cadel_modeling.hub import find_model_dir, run_config_path
+    from cadel_modeling.evaluate import main
 
-    try:
-        cfg = parse_config_with_base(None, __doc__, "eval_model", lambda ref: run_config_path(find_model_dir(ref)))
-    except (ConfigError, FileNotFoundError) as exc:
-        main_error(exc)
-    from cadel_modeling import evaluation
-
-    evaluation.run(cfg)
+    raise SystemExit(main())

@@ -30,8 +30,9 @@ from torchvision import transforms as T
 
 from cadel_modeling.config import RunConfig
 from cadel_modeling.data import build_datasets
-from cadel_modeling.data.loaders import build_train_loader
+from cadel_modeling.data.loaders import LoaderSpec, build_train_loader
 from cadel_modeling.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
 from train_step import cpu_name  # benchmarks/ is on sys.path when a benchmark script runs
 
 NUM_CLASSES = 10
@@ -69,7 +70,7 @@ def cadel_loader(root: Path, args, streaming: bool) -> DataLoader:
     cfg = RunConfig(dataset="imagenet_lt", data_dir=str(root), image_size=args.image_size, augmentation="imagenet",
                     color_jitter=args.color_jitter, batch_size=args.batch_size, num_workers=args.num_workers,
                     streaming=streaming, sampler="instance")
-    return build_train_loader(cfg, build_datasets(cfg), num_processes=1, process_index=0)
+    return build_train_loader(build_datasets(cfg), LoaderSpec.from_config(cfg), num_processes=1, process_index=0)
 
 
 def images_per_second(loader: DataLoader) -> float:

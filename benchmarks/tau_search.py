@@ -19,9 +19,9 @@ from typing import Dict, Iterator, List, Sequence
 
 import torch
 
+from cadel_modeling.inference import predict
 from cadel_modeling.modeling import CadelConfig, CadelForImageClassification
 from cadel_modeling.posthoc import TAU_GRIDS, ensemble_scores, pick_tau, tau_sweep
-from cadel_modeling.training import predict
 
 
 class SyntheticSplit:
@@ -60,7 +60,7 @@ def recompute_per_tau(model, split, accelerator, class_counts: Sequence[int], gr
         correct, seen = 0, 0
         for batch in split:
             with accelerator.autocast():
-                exit_logits = model.exit_features(batch["pixel_values"])
+                exit_logits = model.exit_logits(batch["pixel_values"])
             # Adjusted on the CPU in float32 like tau_sweep, so both searches round identically.
             stacked = torch.stack([z.float() for z in exit_logits]).cpu()
             pred = ensemble_scores(stacked, class_counts, float(tau), rule).argmax(-1)
@@ -104,7 +104,7 @@ def run_tau_benchmark(backbone: str = "resnet18", aux_head: str = "light", num_c
     split = SyntheticSplit(num_samples, batch_size, image_size, num_classes, device)
     with deterministic_cudnn():
         with torch.no_grad(), accelerator.autocast():  # allocator and kernel warm-up outside both timings
-            model.exit_features(next(iter(split))["pixel_values"])
+            model.exit_logits(next(iter(split))["pixel_values"])
         _sync(device)
         start, start_cpu = time.perf_counter(), time.process_time()
         exit_logits, labels = predict(model, split, accelerator, desc="val")

@@ -2,7 +2,7 @@
 """Training-step throughput of the CADEL cascade against plain timm training of the same backbone.
 
 Every row trains one model on one fixed synthetic batch with the same optimizer (SGD, momentum 0.9, fused on CUDA
-as in ``cadel_modeling.optim``), precision and memory format, so the ratios isolate the model and its loss:
+as in ``cadel_modeling.training.optim``), precision and memory format, so the ratios isolate the model and its loss:
 
 * ``plain``: ``timm.create_model(backbone, num_classes=C)`` + cross-entropy (the anchors' §5a step);
 * ``light`` / ``faithful``: ``CadelForImageClassification`` with that aux head, the real ``mixup_batch`` (alpha 0.2)
@@ -38,8 +38,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cadel_modeling.losses import CascadeLoss, mixup_batch
-from cadel_modeling.modeling import CadelConfig, CadelForImageClassification, is_vit_backbone
+from cadel_modeling.modeling import CadelConfig, CadelForImageClassification, backbone_family
+from cadel_modeling.modeling.backbones import default_base_loss
+from cadel_modeling.training.losses import CascadeLoss, mixup_batch
 
 CNN_VARIANTS = ("plain", "light", "faithful")
 VIT_VARIANTS = ("plain", "faithful")
@@ -74,7 +75,7 @@ def build(backbone: str, variant: str, s: StepSettings) -> nn.Module:
     """The plain timm classifier or the CADEL cascade (``variant`` light/faithful) of ``backbone``."""
     if variant == "plain":
         import timm
-        kwargs = {"img_size": s.image_size} if is_vit_backbone(backbone) else {}
+        kwargs = {"img_size": s.image_size} if backbone_family(backbone) == "vit" else {}
         return timm.create_model(backbone, num_classes=s.num_classes, **kwargs)
     head = variant.split("+")[0]
     config = CadelConfig(backbone=backbone, num_labels=s.num_classes, image_size=s.image_size, aux_head=head,
@@ -117,7 +118,7 @@ def make_step(model: nn.Module, variant: str, x: torch.Tensor, y: torch.Tensor, 
             with autocast_context(s):
                 return F.cross_entropy(forward(x), y)
     else:
-        base_loss = "bce" if is_vit_backbone(model.config.backbone) else "ce"
+        base_loss = default_base_loss(model.config.family)
         loss_fn = CascadeLoss(base_loss=base_loss)
         generator = torch.Generator().manual_seed(0)
         host_sync = variant.endswith("+sync")
@@ -194,7 +195,7 @@ def _sync(device: torch.device):
 def measure(backbone: str, variant: str, s: StepSettings) -> Dict:
     """Build ``variant``, run ``warmup`` then ``steps`` timed steps; images/s and peak memory of the run."""
     device = torch.device(s.device)
-    is_cnn = not is_vit_backbone(backbone)
+    is_cnn = backbone_family(backbone) != "vit"
     memory_format = torch.channels_last if (s.channels_last and is_cnn) else torch.contiguous_format
     gc.collect()
     if device.type == "cuda":
@@ -230,7 +231,7 @@ def measure(backbone: str, variant: str, s: StepSettings) -> Dict:
 def variants_for(backbone: str, requested: Optional[List[str]] = None) -> List[str]:
     """``plain`` first (the reference of the ratios), then the requested cascades this backbone has: a ViT has one
     kind of exit (reported as ``faithful``), so ``light`` variants are dropped for it."""
-    allowed = VIT_VARIANTS if is_vit_backbone(backbone) else CNN_VARIANTS
+    allowed = VIT_VARIANTS if backbone_family(backbone) == "vit" else CNN_VARIANTS
     requested = requested or list(allowed)
     known = set(CNN_VARIANTS) | {f"{v}+sync" for v in CNN_VARIANTS if v != "plain"}
     unknown = [v for v in requested if v not in known]
@@ -347,9 +348,10 @@ def run_backbones(backbones, s: StepSettings, vit_batch_size: Optional[int] = No
                   variants: Optional[List[str]] = None, log: Callable[[str], None] = print) -> List[Dict]:
     rows = []
     for backbone in backbones:
-        settings = vit_settings(s, vit_batch_size) if is_vit_backbone(backbone) else s
+        settings = vit_settings(s, vit_batch_size) if backbone_family(backbone) == "vit" else s
+        cnn = backbone_family(backbone) != "vit"
         log(f"{backbone}: batch {settings.batch_size}, {settings.image_size} px, {settings.precision}, "
-            f"channels_last={settings.channels_last and not is_vit_backbone(backbone)}, compile={settings.compile}")
+            f"channels_last={settings.channels_last and cnn}, compile={settings.compile}")
         rows += [{**r, "settings": asdict(settings)} for r in benchmark_backbone(backbone, settings, variants, log)]
     return rows
 

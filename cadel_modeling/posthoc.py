@@ -11,7 +11,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from .modeling import adjust_logits, combine_exits
+from .modeling.heads import adjust_logits, combine_exits, weighted_scores
 
 # The original's grids (stage-2 scripts): CNN ImageNet-LT / iNat18, Places-LT ResNet-152, and ViT.
 TAU_GRIDS = {"cnn": [0.9, 1.0, 1.1, 1.2, 1.3, 1.4, 1.5], "places_cnn": [0.9, 1.0, 1.1, 1.2, 1.3, 1.4],
@@ -23,6 +23,27 @@ def ensemble_scores(exit_logits: torch.Tensor, class_counts: Sequence[int], tau:
     """Scores of ``[K, N, C]`` exit logits combined by ``rule`` (or the 1-based ``exits``), adjusted per exit."""
     terms = len(exits) if exits is not None else (exit_logits.shape[0] if rule == "sum" else 1)
     return adjust_logits(combine_exits(list(exit_logits), rule, exits), class_counts, tau, num_terms=terms)
+
+
+def selected_exits(num_exits: int, rule: str, exits: Optional[Sequence[int]] = None) -> Tuple[int, ...]:
+    """The 1-based exits a rule (or an explicit ``exits`` list) sums: 'last' = (K,), 'sum' = (1, .., K)."""
+    if exits:
+        bad = [k for k in exits if not (isinstance(k, int) and 1 <= k <= num_exits)]
+        if bad or len(set(exits)) != len(exits):
+            raise ValueError(f"eval_exits {list(exits)} must be distinct exit numbers in 1..{num_exits} "
+                             f"(1 = shallowest, {num_exits} = the backbone's own exit)")
+        return tuple(exits)
+    return (num_exits,) if rule == "last" else tuple(range(1, num_exits + 1))
+
+
+def selection_name(selection: Tuple[int, ...], num_exits: int) -> str:
+    if selection == (num_exits,):
+        return "last exit (CNN rule)"
+    if selection == tuple(range(1, num_exits + 1)):
+        return "sum of exits (ViT rule)"
+    if len(selection) == 1:
+        return f"exit {selection[0]} alone"
+    return f"exits {'+'.join(map(str, selection))}"
 
 
 def tau_sweep(exit_logits: torch.Tensor, labels: torch.Tensor, class_counts: Sequence[int], grid: Sequence[float],
@@ -42,20 +63,6 @@ def pick_tau(sweep: List[Dict[str, float]]) -> float:
 
 
 # ------------------------------------------------------------------------------------------------ exit weights
-def weighted_scores(exit_logits: torch.Tensor, weights: Sequence[float], class_counts: Sequence[int],
-                    tau: float) -> torch.Tensor:
-    """``sum_k w_k (z_k - tau log prior)``: each exit logit-adjusted with ``tau``, then weighted.
-
-    Weights ``[0, .., 0, 1]`` give exactly the CNN rule's scores and ``[1, .., 1]`` exactly the ViT rule's (same
-    floating-point operations as :func:`ensemble_scores`), so a search that includes them can only match or beat
-    both rules.
-    """
-    if len(weights) != exit_logits.shape[0] or min(weights) < 0 or sum(weights) <= 0:
-        raise ValueError(f"need {exit_logits.shape[0]} non-negative exit weights with a positive sum, got {weights}")
-    combined = sum(w * z for w, z in zip(weights, exit_logits) if w)  # zero weights skipped: exact for the rules
-    return adjust_logits(combined, class_counts, tau, num_terms=sum(weights))
-
-
 def simplex_grid(num_exits: int, step: float) -> List[Tuple[float, ...]]:
     """Every weighting with weights in ``{0, step, 2*step, .., 1}`` summing to 1 (66 points for 3 exits, step 0.1)."""
     parts = round(1 / step) if step > 0 else 0

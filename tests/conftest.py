@@ -34,8 +34,8 @@ def trained_run(tmp_path_factory):
     """A real 3-epoch stage-1 run (ResNet-18 cascade, light heads) on Fashion-MNIST-LT, shared by several tests."""
     if not (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").exists():
         pytest.skip("Fashion-MNIST idx files missing: apt-get install dataset-fashion-mnist")
-    from cadel_modeling import stage1
     from cadel_modeling.config import parse_config
+    from cadel_modeling.stages import stage1
     out = tmp_path_factory.mktemp("runs") / "fmnist"
     cfg = parse_config(["--config", "fashion_mnist_lt", "--epochs", "3", "--output_dir", str(out)])
     summary = stage1.run(cfg)

@@ -2,7 +2,7 @@
 import pytest
 import yaml
 
-from cadel_modeling.config import ConfigError, RunConfig, load_run_config, parse_config, preset_names
+from cadel_modeling.config import STAGE2, ConfigError, RunConfig, load_run_config, parse_config, preset_names
 
 
 def test_defaults_without_preset():
@@ -11,9 +11,11 @@ def test_defaults_without_preset():
 
 
 def test_preset_then_cli_override_in_both_spellings():
-    cfg = parse_config(["--config", "fashion_mnist_lt", "--lr", "0.1", "--tau-grid", "[1, 2]", "--epochs=3"])
+    cfg = parse_config(["--config", "fashion_mnist_lt", "--lr", "0.1", "--exit-stages", "[-4, -2]", "--epochs=3"])
     assert cfg.dataset == "fashion_mnist_lt" and cfg.backbone == "resnet18"  # from the preset
-    assert cfg.lr == 0.1 and cfg.tau_grid == [1, 2] and cfg.epochs == 3  # from the command line
+    assert cfg.lr == 0.1 and cfg.exit_stages == [-4, -2] and cfg.epochs == 3  # from the command line
+    stage2 = parse_config(["--config", "fashion_mnist_lt", "--tau-grid", "[1, 2]"], command=STAGE2)
+    assert stage2.tau_grid == [1, 2]
 
 
 def test_values_are_parsed_as_yaml_and_coerced_to_the_field_type():

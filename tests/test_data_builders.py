@@ -11,7 +11,7 @@ from PIL import Image
 from cadel_modeling.config import RunConfig
 from cadel_modeling.data import UnreadableImageError, build_datasets
 from cadel_modeling.data.image_lists import class_names_from_paths, read_split_list
-from cadel_modeling.data.loaders import build_eval_loader, build_train_loader
+from cadel_modeling.data.loaders import LoaderSpec, build_eval_loader, build_train_loader
 from cadel_modeling.data.transforms import INAT_MEAN, INAT_STD, build_transform
 
 COUNTS = [6, 4, 3, 1]          # a small long tail
@@ -64,7 +64,7 @@ def test_imagenet_lt_shaped_lists_load_and_every_label_stays_with_its_image(tmp_
     assert data.class_counts == COUNTS
     assert data.class_names == [f"n{c:08d}" for c in range(4)]
     assert (len(data.splits["val"]), len(data.splits["test"])) == (8, 8)
-    loader = build_train_loader(cfg, data, num_processes=1)
+    loader = build_train_loader(data, LoaderSpec.from_config(cfg), num_processes=1)
     label_of_shade = {s: c for _, c, s in lines["train"]}
     seen = []
     for batch in loader:
@@ -73,7 +73,7 @@ def test_imagenet_lt_shaped_lists_load_and_every_label_stays_with_its_image(tmp_
         assert batch["labels"].tolist() == [label_of_shade[s] for s in shades]
         seen += shades
     assert len(seen) == len(set(seen)) == 12      # 14 images, drop_last; no image twice
-    test = next(iter(build_eval_loader(cfg, data, "test", num_processes=1)))
+    test = next(iter(build_eval_loader(data, "test", LoaderSpec.from_config(cfg), num_processes=1)))
     assert test["pixel_values"].shape == (8, 3, 16, 16) and test["labels"].tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
 
 
@@ -94,7 +94,7 @@ def test_places_lt_shaped_lists_in_data_dir_itself(tmp_path):
     assert data.class_counts == counts
     assert data.class_names == ["a/airfield", "b/beach", "c/canyon"]
     assert (len(data.splits["val"]), len(data.splits["test"])) == (6, 9)
-    batch = next(iter(build_train_loader(cfg, data, num_processes=1)))
+    batch = next(iter(build_train_loader(data, LoaderSpec.from_config(cfg), num_processes=1)))
     assert batch["pixel_values"].shape == (2, 3, 32, 32) and batch["labels"].dtype == torch.long
 
 
@@ -105,7 +105,7 @@ def write_inat(root, train_counts=(4, 2, 1), val_per_class=3, shuffle_annotation
     for split, counts in (("train", train_counts), ("val", [val_per_class] * len(train_counts))):
         images, annotations = [], []
         for c, n in enumerate(counts):
-            for i in range(n):
+            for _i in range(n):
                 image_id = 1000 * (split == "val") + len(images)
                 name = f"train_val2018/Plantae/{c}/{split}{image_id:05d}.jpg"
                 images.append({"id": image_id, "file_name": name, "width": 50, "height": 40})
@@ -132,7 +132,7 @@ def test_inat18_shaped_json_labels_by_image_id_and_val_is_the_reported_split(tmp
         assert all(truth[row["image"]["path"]] == row["label"] for row in cells)
     assert (tuple(data.mean), tuple(data.std), data.color_jitter) == (INAT_MEAN, INAT_STD, 0.0)
     assert any("no separate val" in note for note in data.notes)
-    batch = next(iter(build_train_loader(cfg, data, num_processes=1)))
+    batch = next(iter(build_train_loader(data, LoaderSpec.from_config(cfg), num_processes=1)))
     assert batch["pixel_values"].shape == (3, 3, 16, 16)
 
 
@@ -146,7 +146,7 @@ def test_imagefolder_with_train_val_test_folders(tmp_path):
     data = build_datasets(cfg)
     assert data.class_names == ["cat", "dog", "emu"] and data.class_counts == [5, 2, 1]
     assert (len(data.splits["val"]), len(data.splits["test"])) == (6, 6)
-    batch = next(iter(build_train_loader(cfg, data, num_processes=1)))
+    batch = next(iter(build_train_loader(data, LoaderSpec.from_config(cfg), num_processes=1)))
     assert batch["pixel_values"].shape == (2, 3, 16, 16)
 
 
@@ -156,7 +156,7 @@ def test_hub_builder_reads_a_saved_dataset_with_custom_columns(tmp_path):
 
     def split(labels):
         paths = []
-        for i, label in enumerate(labels):
+        for i, _label in enumerate(labels):
             write_jpeg(tmp_path / "jpg" / f"{len(labels)}_{i}.jpg", SHADE_STEP * i)
             paths.append(str(tmp_path / "jpg" / f"{len(labels)}_{i}.jpg"))
         features = Features({"picture": ImageFeature(), "species": ClassLabel(names=["ant", "bee", "fly"])})
@@ -168,7 +168,7 @@ def test_hub_builder_reads_a_saved_dataset_with_custom_columns(tmp_path):
     data = build_datasets(cfg)
     assert data.class_names == ["ant", "bee", "fly"] and data.class_counts == [3, 2, 1]
     assert data.splits["test"] is data.splits["val"] and any("no test split" in n for n in data.notes)
-    batch = next(iter(build_train_loader(cfg, data, num_processes=1)))
+    batch = next(iter(build_train_loader(data, LoaderSpec.from_config(cfg), num_processes=1)))
     assert batch["pixel_values"].shape == (3, 3, 16, 16)
 
 
@@ -234,7 +234,7 @@ def test_corrupt_jpeg_fails_with_its_path(tmp_path):
     cfg = config(tmp_path, bad_image_policy="fail", batch_size=14)
     data = build_datasets(cfg)
     with pytest.raises(UnreadableImageError, match=rf"{bad}.*--bad_image_policy skip"):
-        next(iter(build_train_loader(cfg, data, num_processes=1)))
+        next(iter(build_train_loader(data, LoaderSpec.from_config(cfg), num_processes=1)))
 
 
 def test_corrupt_jpeg_is_skipped_counted_and_logged(tmp_path, caplog):
@@ -245,7 +245,7 @@ def test_corrupt_jpeg_is_skipped_counted_and_logged(tmp_path, caplog):
     cfg = config(tmp_path, bad_image_policy="skip", batch_size=7)
     data = build_datasets(cfg)
     with caplog.at_level(logging.WARNING):
-        batches = list(build_train_loader(cfg, data, num_processes=1))
+        batches = list(build_train_loader(data, LoaderSpec.from_config(cfg), num_processes=1))
     assert [len(b["labels"]) for b in batches] == [7, 7]         # the bad image was replaced, batches stay full
     shades = [s for b in batches for s in shade_of(b["pixel_values"], data.mean, data.std)]
     assert bad_shade not in shades
@@ -267,7 +267,7 @@ def test_class_without_training_image(tmp_path):
     lists = tmp_path / "ImageNet_LT"
     train = [line for line in (lists / "ImageNet_LT_train.txt").read_text().splitlines() if not line.endswith(" 2")]
     (lists / "ImageNet_LT_train.txt").write_text("\n".join(train) + "\n")
-    with pytest.raises(ValueError, match=r"1 classes have no training image \(first: \[2\]\)"):
+    with pytest.raises(ValueError, match=r"1 classes have no training image \(class 2 '2'\)"):
         build_datasets(config(tmp_path))
 
 

@@ -8,7 +8,7 @@ from PIL import Image
 
 from cadel_modeling.config import RunConfig
 from cadel_modeling.data import build_datasets, long_tailed_counts
-from cadel_modeling.data.loaders import build_train_loader
+from cadel_modeling.data.loaders import LoaderSpec, build_train_loader
 
 
 @pytest.mark.parametrize("n_max, num_classes, imb_factor, total, many_medium_few", [
@@ -76,7 +76,7 @@ def test_cifar10_lt_from_pickles_is_ldams_subset_whatever_the_run_seed(tmp_path)
     train_rows = {row.tobytes() for row in images[expected].reshape(len(expected), -1)}
     assert len(val) == 30 and not any(row.tobytes() in train_rows for row in val)
     assert len(data.splits["test"]) == 40
-    batch = next(iter(build_train_loader(cfg, data, num_processes=1)))
+    batch = next(iter(build_train_loader(data, LoaderSpec.from_config(cfg), num_processes=1)))
     assert batch["pixel_values"].shape == (8, 3, 32, 32)
 
 

@@ -12,14 +12,14 @@ from PIL import Image
 from test_data_builders import config, corrupt, shade_of, write_split_lists
 
 from cadel_modeling.data import build_datasets, is_streamed
-from cadel_modeling.data.loaders import build_train_loader, streamed_steps_per_epoch
+from cadel_modeling.data.loaders import LoaderSpec, build_train_loader, streamed_steps_per_epoch
 from cadel_modeling.data.streaming import split_for_process
 
 COUNTS = [14, 10, 6, 4, 2]     # 36 training images
 
 
 def streamed_ids(cfg, data, rank, num_processes, epoch):
-    loader = build_train_loader(cfg, data, num_processes=num_processes, process_index=rank)
+    loader = build_train_loader(data, LoaderSpec.from_config(cfg), num_processes=num_processes, process_index=rank)
     loader.dataset.set_epoch(epoch)
     return [s for batch in loader for s in shade_of(batch["pixel_values"], data.mean, data.std)]
 
@@ -45,8 +45,9 @@ def test_steps_per_epoch_is_reached_by_every_process(tmp_path, monkeypatch):
     write_split_lists(tmp_path, COUNTS)
     cfg = config(tmp_path, streaming=True, shuffle_buffer=8, batch_size=6, num_workers=2)
     data = build_datasets(cfg)
-    steps = streamed_steps_per_epoch(cfg, data, num_processes=2)
-    batches = [len(list(build_train_loader(cfg, data, num_processes=2, process_index=rank))) for rank in (0, 1)]
+    steps = streamed_steps_per_epoch(data, LoaderSpec.from_config(cfg), num_processes=2)
+    spec = LoaderSpec.from_config(cfg)
+    batches = [len(list(build_train_loader(data, spec, num_processes=2, process_index=rank))) for rank in (0, 1)]
     assert 1 <= steps <= min(batches)
 
 
@@ -92,7 +93,7 @@ def test_streaming_refuses_index_samplers(tmp_path):
     write_split_lists(tmp_path, COUNTS)
     cfg = config(tmp_path, streaming=True, sampler="class_balanced")
     with pytest.raises(ValueError, match="--sampler instance with --streaming"):
-        build_train_loader(cfg, build_datasets(cfg), num_processes=1, process_index=0)
+        build_train_loader(build_datasets(cfg), LoaderSpec.from_config(cfg), num_processes=1, process_index=0)
 
 
 def write_parquet_dataset(root, labels_per_file):
@@ -121,7 +122,7 @@ def test_hub_dataset_streamed_with_counts_from_a_count_file_or_one_label_pass(tm
     assert is_streamed(data.train) and data.train.num_shards == 2
     assert data.class_counts == [5, 2, 1] and data.class_names == ["a", "b", "c"]
     assert len(data.splits["val"]) == 3 and data.splits["test"] is data.splits["val"]
-    batch = next(iter(build_train_loader(cfg, data, num_processes=1, process_index=0)))
+    batch = next(iter(build_train_loader(data, LoaderSpec.from_config(cfg), num_processes=1, process_index=0)))
     assert batch["pixel_values"].shape == (2, 3, 16, 16)
 
     np.savez(tmp_path / "num_shots.npz", num_per_class=np.asarray([5, 2, 1], dtype=np.float32))
@@ -137,14 +138,15 @@ from accelerate.data_loader import prepare_data_loader
 from accelerate.utils import gather_object
 from cadel_modeling.config import RunConfig
 from cadel_modeling.data import build_datasets
-from cadel_modeling.data.loaders import build_train_loader
+from cadel_modeling.data.loaders import LoaderSpec, build_train_loader
 from test_data_builders import shade_of
 accelerator = Accelerator()
 cfg = RunConfig(dataset="imagenet_lt", data_dir=sys.argv[1], image_size=16, augmentation="none", batch_size=2,
                 num_workers=1, streaming=True, shuffle_buffer=8)
 data = build_datasets(cfg)
-loader = prepare_data_loader(build_train_loader(cfg, data, accelerator.num_processes), accelerator.device,
-                             num_processes=1, process_index=0, put_on_device=True, dispatch_batches=False)
+loader = prepare_data_loader(build_train_loader(data, LoaderSpec.from_config(cfg), accelerator.num_processes),
+                             accelerator.device, num_processes=1, process_index=0, put_on_device=True,
+                             dispatch_batches=False)
 for epoch in (0, 1):
     loader.set_epoch(epoch)
     ids = [s for batch in loader for s in shade_of(batch["pixel_values"], data.mean, data.std)]

@@ -1,15 +1,15 @@
 """Real training on real data, through the same entry points users run: stage 1 must learn, stage 2 must pick tau
 on validation, evaluation must write its reports, and a used output folder must never be overwritten."""
 import json
-from pathlib import Path
 
 import pytest
 import yaml
 
-from cadel_modeling import evaluation, stage2
-from cadel_modeling.config import parse_config, parse_config_with_base
-from cadel_modeling.hub import find_model_dir, run_config_path
+from cadel_modeling.cli import resolve_config
+from cadel_modeling.config import EVALUATE, STAGE2, parse_config
 from cadel_modeling.modeling import CadelForImageClassification
+from cadel_modeling.modeling.locate import find_model_dir
+from cadel_modeling.stages import evaluation, stage2
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +30,7 @@ def test_stage1_learns_and_writes_its_outputs(trained_run):
 
 def test_stage2_picks_tau_on_val_and_evaluate_reports(trained_run):
     out, _ = trained_run
-    cfg = parse_config_with_base(["--stage1_dir", str(out)], "", "stage1_dir", lambda d: Path(d) / "config.yaml")
+    cfg = resolve_config(STAGE2, ["--stage1_dir", str(out)], "")
     assert cfg.backbone == "resnet18" and cfg.epochs == 3  # the stage-1 run's config is the base
     summary = stage2.run(cfg)
     sweep = summary["val_sweep"]
@@ -40,8 +40,7 @@ def test_stage2_picks_tau_on_val_and_evaluate_reports(trained_run):
     assert CadelForImageClassification.from_pretrained(str(model_dir)).config.tau == summary["tau"]
 
     assert find_model_dir(str(out)) == model_dir  # a run folder resolves to its newest stage
-    eval_cfg = parse_config_with_base(["--eval_model", str(out)], "", "eval_model",
-                                      lambda ref: run_config_path(find_model_dir(ref)))
+    eval_cfg = resolve_config(EVALUATE, ["--eval_model", str(out)], "")
     results = evaluation.run(eval_cfg)
     report = json.loads((model_dir / "eval_test" / "results.json").read_text())
     main = report["results"][report["main"]]
@@ -54,7 +53,7 @@ def test_stage2_picks_tau_on_val_and_evaluate_reports(trained_run):
 
 def test_used_output_dir_is_never_overwritten(trained_run):
     out, _ = trained_run
-    from cadel_modeling import stage1
+    from cadel_modeling.stages import stage1
     before = (out / "train_log.jsonl").read_text()
     with pytest.raises(FileExistsError, match="--overwrite_output_dir"):
         stage1.run(parse_config(["--config", "fashion_mnist_lt", "--output_dir", str(out)]))

@@ -26,7 +26,7 @@ def test_import_from_repo_root_gets_the_package_and_script_still_runs():
     help_out = subprocess.run([sys.executable, "evaluate.py", "--help"], cwd=REPO, capture_output=True, text=True,
                               timeout=300)
     assert help_out.returncode == 0, help_out.stderr
-    assert "--eval_model" in help_out.stdout and "Evaluation parameters" in help_out.stdout
+    assert "--eval_model" in help_out.stdout and "Evaluation: what is evaluated" in help_out.stdout
 
 
 def test_script_without_package_gives_a_clear_error(tmp_path, monkeypatch):

@@ -12,14 +12,11 @@ import torch
 from sklearn.metrics import f1_score, log_loss, recall_score, top_k_accuracy_score
 
 from cadel_modeling.data import LongTailedData
-from cadel_modeling.evaluation import (
-    process_invariant_loader,
-    report,
-    score_variants,
-    selected_exits,
-    shifted_test_subsets,
-)
+from cadel_modeling.data.loaders import LoaderSpec
+from cadel_modeling.inference import process_invariant_loader
 from cadel_modeling.modeling import CadelConfig
+from cadel_modeling.posthoc import selected_exits
+from cadel_modeling.results import score_variants, shifted_test_subsets, write_report
 
 from conftest import REPO, requires_fashion_mnist
 
@@ -76,7 +73,7 @@ def test_every_metric_of_every_variant_matches_sklearn(tmp_path):
     z, labels = known_logits()
     tau = 1.25
     data = LongTailedData(train=None, splits={}, class_names=[f"c{i}" for i in range(C)], class_counts=COUNTS)
-    results = report(z, labels, cnn_config(), data, tau, tmp_path, "test", ensemble=ENSEMBLE)
+    results = write_report(z, labels, cnn_config(tau=tau), data, tmp_path, "test", ensemble=ENSEMBLE)
     hand, hand_raw = hand_scores(z, tau), hand_scores(z, 0.0)
     expected = {"last exit (CNN rule), tau=1.25": hand["last"], "last exit (CNN rule), tau=0": hand_raw["last"],
                 "learned exit weights 0.20/0.30/0.50, tau=0.5": hand["learned"],
@@ -106,19 +103,19 @@ def test_every_metric_of_every_variant_matches_sklearn(tmp_path):
 def test_metrics_are_computed_on_the_main_process_only(tmp_path):
     z, labels = known_logits()
     data = LongTailedData(train=None, splits={}, class_names=[str(i) for i in range(C)], class_counts=COUNTS)
-    assert report(z, labels, cnn_config(), data, 1.0, tmp_path / "other", "test", is_main=False) == {}
+    assert write_report(z, labels, cnn_config(tau=1.0), data, tmp_path / "other", "test", is_main=False) == {}
     assert not (tmp_path / "other").exists()
 
 
 def test_variants_for_a_vit_and_for_chosen_exits():
     z, _ = known_logits(seed=1)
     hand = hand_scores(z, 1.5)
-    vit = score_variants(z, cnn_config(inference_rule="sum"), 1.5)
+    vit = score_variants(z, cnn_config(inference_rule="sum", tau=1.5))
     assert list(vit) == ["sum of exits (ViT rule), tau=1.5", "sum of exits (ViT rule), tau=0",
                          "exit 1 alone, tau=1.5", "exit 2 alone, tau=1.5", "last exit (CNN rule), tau=1.5"]
     assert np.allclose(vit["sum of exits (ViT rule), tau=1.5"].numpy(), hand["sum"], atol=1e-4)
     assert np.allclose(vit["last exit (CNN rule), tau=1.5"].numpy(), hand["last"], atol=1e-4)
-    chosen = score_variants(z, cnn_config(), 1.5, exits=[1, 3])
+    chosen = score_variants(z, cnn_config(tau=1.5), exits=[1, 3])
     assert list(chosen)[:2] == ["exits 1+3, tau=1.5", "exits 1+3, tau=0"]
     assert np.allclose(chosen["exits 1+3, tau=1.5"].numpy(), hand["exit1"] + hand["last"], atol=1e-4)
     assert torch.equal(chosen["exits 1+3, tau=0"], z[0] + z[2])
@@ -155,21 +152,19 @@ def test_process_invariant_loader_pads_to_whole_rounds_of_full_batches():
     from datasets import Dataset, Features, Image, Value
     from PIL import Image as PILImage
 
-    from cadel_modeling.config import parse_config
-
     images = [PILImage.new("L", (8, 8), color=i) for i in range(10)]
     split = Dataset.from_dict({"image": images, "label": list(range(10))},
                               features=Features({"image": Image(), "label": Value("int64")}))
     data = LongTailedData(train=None, splits={"val": split}, class_names=[str(i) for i in range(10)],
                           class_counts=[1] * 10, mean=(0.5,) * 3, std=(0.5,) * 3)
-    cfg = parse_config(["--image_size", "8", "--augmentation", "none", "--eval_batch_size", "4", "--num_workers", "0"])
+    spec = LoaderSpec(image_size=8, augmentation="none", eval_batch_size=4, num_workers=0)
     for processes, labels in ((1, list(range(10)) + [0, 1]), (2, list(range(10)) + list(range(6)))):
-        loader, size = process_invariant_loader(cfg, data, "val", processes)
+        loader, size = process_invariant_loader(data, "val", spec, processes)
         batches = list(loader)
         assert size == 10 and all(len(b["labels"]) == 4 for b in batches)  # the same shape for any process count
         assert torch.cat([b["labels"] for b in batches]).tolist() == labels
     with pytest.raises(ValueError, match="available"):
-        process_invariant_loader(cfg, data, "test", 1)
+        process_invariant_loader(data, "test", spec, 1)
 
 
 def _free_port() -> int:
@@ -181,11 +176,12 @@ def _free_port() -> int:
 @pytest.mark.slow
 @requires_fashion_mnist
 def test_two_process_evaluation_gives_the_single_process_results(tmp_path, monkeypatch):
-    from cadel_modeling import evaluation
-    from cadel_modeling.config import parse_config
+    from cadel_modeling.cli import resolve_config
+    from cadel_modeling.config import EVALUATE, parse_config
     from cadel_modeling.data import build_datasets
-    from cadel_modeling.modeling import build_model
-    from cadel_modeling.training import save_model, write_json
+    from cadel_modeling.modeling.factory import build_model, save_model
+    from cadel_modeling.stages import evaluation
+    from cadel_modeling.utils.io import write_json
 
     args = ["--config", "fashion_mnist_lt", "--n_max", "60", "--val_per_class", "10", "--imb_factor", "20",
             "--backbone", "test_resnet", "--eval_batch_size", "40"]
@@ -196,11 +192,11 @@ def test_two_process_evaluation_gives_the_single_process_results(tmp_path, monke
     monkeypatch.setattr(evaluation, "build_datasets", lambda _: data)  # built once in this process
     model = build_model(cfg, data)
     model.config.tau = 0.75
-    save_model(model, model_dir, cfg)
+    save_model(model, model_dir, cfg, cfg.augmentation)
     ensemble = {**ENSEMBLE, "weights": [0.5, 0.0, 0.5], "normalized_weights": [0.5, 0.0, 0.5]}
     write_json(model_dir / "ensemble.json", ensemble)
 
-    single = evaluation.run(parse_config(args + ["--eval_model", str(model_dir), "--eval_split", "val"]))
+    single = evaluation.run(resolve_config(EVALUATE, ["--eval_model", str(model_dir), "--eval_split", "val"], ""))
     one = json.loads((model_dir / "eval_val" / "results.json").read_text())
     shutil.rmtree(model_dir / "eval_val")
     cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 from cadel_modeling.config import RunConfig
-from cadel_modeling.data import build_datasets, long_tailed_counts, subsample_long_tailed
-from cadel_modeling.data import fashion_mnist
+from cadel_modeling.data import build_datasets, fashion_mnist, long_tailed_counts, subsample_long_tailed
+
 from conftest import requires_fashion_mnist
 
 

@@ -2,7 +2,6 @@
 failing uploads and Hub ids served from the local cache. A tiny fake run stands in for training."""
 import hashlib
 import json
-import logging
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -10,23 +9,19 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from cadel_modeling.config import RunConfig
-from cadel_modeling.hub import (
-    build_image_processor,
-    build_model_card,
-    files_to_upload,
-    find_model_dir,
-    paper_result,
-    push_to_hub,
-    register_auto_classes,
-    run_config_path,
-    save_image_processor,
-)
-from cadel_modeling.hub import main as hub_main
+from cadel_modeling.config.paper import paper_result
+from cadel_modeling.hub.model_card import build_model_card
+from cadel_modeling.hub.publish import PushError, files_to_upload, push_to_hub
 from cadel_modeling.modeling import CadelConfig, CadelForImageClassification
-from cadel_modeling.training import save_model
+from cadel_modeling.modeling.auto_classes import register_auto_classes
+from cadel_modeling.modeling.factory import save_model
+from cadel_modeling.modeling.locate import find_model_dir, run_config_path
+from cadel_modeling.modeling.processing import build_image_processor
+from cadel_modeling.push_to_hub import main as push_main
 
 COUNTS = [200, 120, 80, 50, 30, 20, 12, 8, 6, 5]
 TAU = 1.0
@@ -34,7 +29,7 @@ MAIN = "last rule, tau=1"
 TEST_MAIN = {"accuracy": 0.6123, "many_accuracy": 0.9, "medium_accuracy": 0.5531, "few_accuracy": 0.3012,
              "top5_accuracy": 0.95, "ece": 0.05, "nll": 1.234, "macro_f1": 0.6}
 VAL_MAIN = {"accuracy": 0.58, "many_accuracy": 0.85, "medium_accuracy": 0.5, "few_accuracy": 0.25}
-STAGE1_COMMAND = "train_stage1.py --config fashion_mnist_lt --backbone test_resnet --epochs 2 --output_dir runs/tiny"
+STAGE1_COMMAND = "train_stage1.py --config fashion_mnist_lt --backbone test_resnet --epochs 2 --data_dir /home/me/data"
 
 
 @pytest.fixture(autouse=True)
@@ -62,7 +57,8 @@ def run(tmp_path_factory):
     """A stage-1 run folder with a stage-2 model (tau = 1) evaluated on test (by stage 2) and val (by evaluate.py)."""
     out = tmp_path_factory.mktemp("runs") / "tiny_lt"
     cfg = RunConfig(output_dir=str(out), backbone="test_resnet", image_size=32, augmentation="small",
-                    aux_head="light", epochs=2, seed=3, weight_mode="per_sample", tau_grid=[0.5, 1.0])
+                    aux_head="light", epochs=2, seed=3, weight_mode="per_sample", tau_grid=[0.5, 1.0],
+                    data_dir="/home/me/data", hub_token="hf_secret")
     model_cfg = CadelConfig(backbone="test_resnet", num_labels=10, image_size=32, aux_head="light",
                             class_counts=COUNTS, id2label={i: f"class_{i}" for i in range(10)},
                             label2id={f"class_{i}": i for i in range(10)})
@@ -74,12 +70,10 @@ def run(tmp_path_factory):
                                        "data_notes": ["a tiny fake run"]})
     (out / "train_log.jsonl").write_text('{"epoch": 1, "val_top1": 0.4}\n{"epoch": 2, "val_top1": 0.5}\n')
     write_json(out / "stage1_summary.json", {"best_val_top1": 0.5, "best_epoch": 2, "epochs": 2})
-    save_model(model, out / "best_model", cfg)
-    save_image_processor(out / "best_model", model.config, cfg.augmentation)
+    save_model(model, out / "best_model", cfg, cfg.augmentation)
     stage2 = out / "stage2_logit_adjustment"
     model.config.tau = TAU
-    save_model(model, stage2 / "model", cfg)
-    save_image_processor(stage2 / "model", model.config, cfg.augmentation)
+    save_model(model, stage2 / "model", cfg, cfg.augmentation)
     write_json(stage2 / "stage2_results.json", {"method": "logit_adjustment", "tau": TAU, "tau_selected_on": "val",
                                                 "val_sweep": [{"tau": 0.5, "top1": 0.55}, {"tau": 1.0, "top1": 0.58}]})
     write_results(stage2 / "eval_test", "test", TEST_MAIN)
@@ -105,12 +99,15 @@ class FakeApi:
         FakeApi.calls.append(("create_repo", repo_id, private, exist_ok))
         return SimpleNamespace(repo_id=repo_id if "/" in repo_id else f"someone/{repo_id}")
 
-    def create_commit(self, repo_id, operations, commit_message):
+    def create_branch(self, repo_id, branch, exist_ok=False):
+        FakeApi.calls.append(("create_branch", repo_id, branch, exist_ok))
+
+    def create_commit(self, repo_id, operations, commit_message, revision=None):
         if FakeApi.fail:
             raise ConnectionError("the Hub cannot be reached")
-        uploaded = {op.path_in_repo: Path(op.path_or_fileobj) for op in operations}
-        assert all(p.is_file() for p in uploaded.values())
-        FakeApi.calls.append(("create_commit", repo_id, uploaded))
+        uploaded = {op.path_in_repo: op.path_or_fileobj for op in operations}
+        assert all(isinstance(b, bytes) for b in uploaded.values())
+        FakeApi.calls.append(("create_commit", repo_id, uploaded, revision, commit_message))
 
 
 @pytest.fixture
@@ -140,7 +137,7 @@ def test_pipeline_scores_are_softmax_of_tau_adjusted_logits(run):
     predictions = classifier(image, top_k=10)
     pixel_values = classifier.image_processor(images=image, return_tensors="pt")["pixel_values"]
     with torch.no_grad():
-        raw_last_exit = run.model.exit_features(pixel_values)[-1][0].double().numpy()
+        raw_last_exit = run.model.exit_logits(pixel_values)[-1][0].double().numpy()
     adjusted = raw_last_exit - TAU * np.log(np.asarray(COUNTS) / sum(COUNTS))  # independent of adjust_logits
     expected = np.exp(adjusted - adjusted.max()) / np.exp(adjusted - adjusted.max()).sum()
     assert predictions[0]["label"] == f"class_{expected.argmax()}"
@@ -154,7 +151,7 @@ def test_image_processor_reproduces_the_evaluation_transform(augmentation, tmp_p
 
     from cadel_modeling.data.transforms import build_transform
     config = SimpleNamespace(image_size=32, image_mean=[0.2, 0.3, 0.4], image_std=[0.5, 0.6, 0.7])
-    build_image_processor(config, augmentation).save_pretrained(str(tmp_path))
+    build_image_processor(32, config.image_mean, config.image_std, augmentation).save_pretrained(str(tmp_path))
     image = Image.fromarray(np.random.default_rng(1).integers(0, 255, (45, 61), dtype=np.uint8))  # grayscale
     reference = build_transform(False, 32, config.image_mean, config.image_std, augmentation)(image)
     pil = AutoImageProcessor.from_pretrained(str(tmp_path), backend="pil")(images=image, return_tensors="pt")
@@ -163,24 +160,43 @@ def test_image_processor_reproduces_the_evaluation_transform(augmentation, tmp_p
     torch.testing.assert_close(fast["pixel_values"][0], reference, atol=0.05, rtol=0)  # torch resize, same geometry
 
 
-def test_model_card_parses_and_holds_the_measured_numbers(run, tmp_path):
+def test_model_card_parses_and_holds_what_the_hub_reads(run, tmp_path):
     from huggingface_hub import ModelCard
     path = tmp_path / "README.md"
-    build_model_card(run.model_dir, "someone/tiny_lt").save(path)
+    build_model_card(run.model_dir, "someone/tiny_lt", license="mit", files=["config.json"]).save(path)
     card = ModelCard.load(path)
-    measured = {(r.dataset_split, r.metric_type): r.metric_value for r in card.data.eval_results}
-    keys = ("accuracy", "many_accuracy", "medium_accuracy", "few_accuracy")
-    assert measured == {**{("test", k): TEST_MAIN[k] for k in keys}, **{("val", k): VAL_MAIN[k] for k in keys}}
-    assert card.data.model_name == "tiny_lt" and card.data.pipeline_tag == "image-classification"
-    assert {"cadel", "long-tailed", "test_resnet"} <= set(card.data.tags)
+    data = card.data
+    assert (data.library_name, data.pipeline_tag, data.license) == ("transformers", "image-classification", "mit")
+    assert data.datasets == ["zalando-datasets/fashion_mnist"] and data.base_model is None
+    assert {"cadel", "long-tailed", "timm", "test_resnet"} <= set(data.tags)
+    measured = {(r.dataset_split, r.metric_type, r.metric_config): r.metric_value for r in data.eval_results}
+    configs = {"accuracy": None, "many_accuracy": "many-shot", "medium_accuracy": "medium-shot",
+               "few_accuracy": "few-shot", "top5_accuracy": "top-5"}
+    expected = {("test", "accuracy", configs[k]): round(100 * v, 2) for k, v in TEST_MAIN.items() if k in configs}
+    expected.update({("val", "accuracy", configs[k]): round(100 * v, 2) for k, v in VAL_MAIN.items() if k in configs})
+    assert measured == expected
+    assert all(r.dataset_type == "zalando-datasets/fashion_mnist" for r in data.eval_results)
+    assert data.model_name == "tiny_lt"
     text = card.text
     assert f"`{STAGE1_COMMAND}`" in text
     assert "tau = 1 chosen on the val split" in text and "`per_sample`" in text
-    assert "- `eval_val/per_class.csv`: per-class accuracy" in text
+    assert "- `config.json`: model config" in text
     assert "| test | last rule, tau=1 (main) | 61.2 | 90.0 | 55.3 | 30.1 | 95.0 | 5.0 | 1.234 | 60.0 |" in text
     assert "eval_test/per_class_accuracy.png" in text and "2 epochs" in text and "seed 3" in text
     assert "Paper comparison: n/a" in text
-    assert 'model="someone/tiny_lt"' in text
+    assert 'pipeline("image-classification", model="someone/tiny_lt", trust_remote_code=True)' in text
+    assert "pip install cadel" in text
+
+
+def test_model_card_names_the_base_model(run, tmp_path):
+    model_dir = tmp_path / "model"
+    shutil.copytree(run.model_dir, model_dir)
+    RunConfig(backbone="test_resnet", init_from="someone/parent-model").save(model_dir / "run_config.yaml")
+    assert build_model_card(model_dir).data.base_model == "someone/parent-model"
+    RunConfig(backbone="resnet50.a1_in1k", pretrained=True, dataset="hub",
+              hub_dataset_id="me/my-data").save(model_dir / "run_config.yaml")
+    data = build_model_card(model_dir).data
+    assert data.base_model == "timm/resnet50.a1_in1k" and data.datasets == ["me/my-data"]
 
 
 def test_model_card_compares_with_the_papers_number(run, tmp_path):
@@ -204,13 +220,16 @@ def test_every_paper_preset_finds_its_paper_number():
     assert {p for p, r in found.items() if r is not None} == {
         "imagenet_lt_resnet50", "imagenet_lt_resnext50", "imagenet_lt_vit_b16_224", "imagenet_lt_vit_b16_384",
         "inat18_resnet50", "inat18_vit_b16_224", "inat18_vit_b16_384",
-        "places_lt_resnet152", "places_lt_vit_b16_224", "places_lt_vit_b16_384"}
+        "places_lt_resnet152", "places_lt_vit_b16_224", "places_lt_vit_b16_384",
+        "imagenet_lt", "inat18", "places_lt", "imagenet_lt_vit", "inat18_vit", "places_lt_vit"}  # dataset-level names
     assert found["inat18_vit_b16_384"]["accuracy"] == 82.7 and found["places_lt_resnet152"]["accuracy"] == 41.4
+    assert found["imagenet_lt"]["accuracy"] == 58.5 and found["inat18"]["accuracy"] == 73.5
+    assert found["places_lt"]["accuracy"] == 41.4 and found["imagenet_lt_vit"]["accuracy"] == 61.7
 
 
 def test_paper_results_lookup():
     assert paper_result("imagenet_lt", "resnet50", 224)["accuracy"] == 58.5
-    assert paper_result("ImageNet-LT", "resnext50_32x4d", 224)["few_accuracy"] == 44.0
+    assert paper_result("imagenet_lt", "resnext50_32x4d", 224)["few_accuracy"] == 44.0
     assert paper_result("inat18", "vit_base_patch16_384.mae", 384)["accuracy"] == 82.7
     assert paper_result("places_lt", "resnet152", 224) == {"many_accuracy": None, "medium_accuracy": None,
                                                            "few_accuracy": None, "accuracy": 41.4}
@@ -222,6 +241,7 @@ def test_files_to_upload_is_complete(run):
     files = files_to_upload(run.dir)  # the run folder resolves to its stage-2 model
     assert set(files) == {
         "config.json", "model.safetensors", "preprocessor_config.json", "run_config.yaml",
+        "modeling_cadel.py", "heads.py", "backbones.py",
         "config.yaml", "run_info.json", "train_log.jsonl", "stage1_summary.json", "stage2_results.json",
         "eval_test/results.json", "eval_test/per_class.csv", "eval_test/per_class_accuracy.png",
         "eval_val/results.json", "eval_val/per_class.csv", "eval_val/per_class_accuracy.png"}
@@ -232,33 +252,31 @@ def test_files_to_upload_is_complete(run):
     assert "stage2_results.json" not in stage1 and not any(k.startswith("eval_") for k in stage1)
 
 
-def test_push_uploads_model_card_and_every_file(run, fake_api):
-    assert push_to_hub(run.model_dir, private=True, token="hf_fake")
-    (_, repo_id, private, exist_ok), (_, commit_id, uploaded) = fake_api.calls
+def test_push_uploads_model_card_and_every_file_without_local_paths(run, fake_api):
+    assert push_to_hub(run.model_dir, private=True, token="hf_fake", revision="v1",
+                       commit_message="first") == "someone/tiny_lt"
+    (_, repo_id, private, exist_ok), branch, (_, commit_id, uploaded, revision, message) = fake_api.calls
     assert (repo_id, private, exist_ok, commit_id) == ("tiny_lt", True, True, "someone/tiny_lt")
+    assert branch == ("create_branch", "someone/tiny_lt", "v1", True) and (revision, message) == ("v1", "first")
     assert set(uploaded) == set(files_to_upload(run.model_dir)) | {"README.md"}
-    assert uploaded["README.md"] == run.dir / "README.md"
-    assert 'model="someone/tiny_lt"' in (run.dir / "README.md").read_text()  # the namespaced id after create_repo
+    assert 'model="someone/tiny_lt"' in uploaded["README.md"].decode()  # the namespaced id after create_repo
+    texts = {name: data.decode() for name, data in uploaded.items() if name.endswith((".json", ".yaml", ".md"))}
+    leaks = {name for name, text in texts.items() if str(run.dir) in text or "/home/me" in text or "hf_secret" in text}
+    assert not leaks, leaks  # no absolute local path and no token in anything uploaded
+    run_config = yaml.safe_load(uploaded["run_config.yaml"])
+    assert run_config["output_dir"] == "." and run_config["data_dir"] is None and run_config["hub_token"] is None
+    assert "--data_dir <local>/data" in texts["run_info.json"]
+    assert uploaded["model.safetensors"] == (run.model_dir / "model.safetensors").read_bytes()
+    assert not any("checkpoint" in name or "optimizer" in name for name in uploaded)
 
 
-def test_push_gives_older_models_an_image_processor(run, fake_api, tmp_path):
-    model_dir = tmp_path / "old_model"
-    shutil.copytree(run.dir / "best_model", model_dir)
-    (model_dir / "preprocessor_config.json").unlink()
-    assert push_to_hub(model_dir, "someone/old")
-    assert "preprocessor_config.json" in fake_api.calls[-1][2]
-    size = json.loads((model_dir / "preprocessor_config.json").read_text())["size"]
-    assert size == {"height": 32, "width": 32}  # the 'small' recipe of its run_config.yaml
-
-
-def test_failed_push_keeps_the_local_results(run, fake_api, caplog):
+def test_failed_push_keeps_the_local_results_and_fails(run, fake_api):
     before = snapshot(run.dir)
     fake_api.fail = True
-    with caplog.at_level(logging.ERROR, logger="cadel"):
-        assert push_to_hub(run.dir, "someone/tiny_lt") is False
+    with pytest.raises(PushError, match="cannot be reached.*retry with: cadel-push-to-hub"):
+        push_to_hub(run.dir, "someone/tiny_lt")
     assert snapshot(run.dir) == before
-    assert "retry with: python -m cadel_modeling.hub" in caplog.text and "cannot be reached" in caplog.text
-    assert hub_main([str(run.dir), "--repo_id", "someone/tiny_lt"]) == 1  # the retry command reports failure too
+    assert push_main([str(run.dir), "--repo_id", "someone/tiny_lt"]) == PushError.exit_code  # the retry too
     assert snapshot(run.dir) == before
     from huggingface_hub import ModelCard
     assert ModelCard.load(run.dir / "README.md").data.model_name == "tiny_lt"
@@ -267,7 +285,7 @@ def test_failed_push_keeps_the_local_results(run, fake_api, caplog):
 def test_hub_id_resolves_offline_from_the_local_cache(run, tmp_path, monkeypatch, fake_api):
     from huggingface_hub import constants
 
-    from cadel_modeling.evaluation import load_model
+    from cadel_modeling.modeling.factory import load_model
     repo = tmp_path / "hub" / "models--someone--tiny_lt"
     commit = "0123456789abcdef0123456789abcdef01234567"
     shutil.copytree(run.model_dir, repo / "snapshots" / commit)
@@ -277,7 +295,7 @@ def test_hub_id_resolves_offline_from_the_local_cache(run, tmp_path, monkeypatch
 
     model_dir = find_model_dir("someone/tiny_lt")
     assert model_dir.resolve() == (repo / "snapshots" / commit).resolve()
-    assert run_config_path(model_dir) is not None  # evaluate.py takes its defaults from it
+    assert run_config_path(model_dir).is_file()  # evaluation takes its defaults from it
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(load_model(model_dir)(x).logits, run.model(x).logits)
@@ -286,12 +304,13 @@ def test_hub_id_resolves_offline_from_the_local_cache(run, tmp_path, monkeypatch
     with pytest.raises(FileNotFoundError, match="no model folder"):
         find_model_dir("no/such/folder")
 
-    # evaluate.py on a Hub id: new results live outside the cache, and so must the card
+    # evaluation of a Hub id: new results live outside the cache, and so must the card
     with pytest.raises(ValueError, match="card_path"):
         push_to_hub(model_dir, "someone/tiny_lt")
     write_results(tmp_path / "out" / "eval_test", "test", {**TEST_MAIN, "accuracy": 0.7})
     assert push_to_hub(model_dir, "someone/tiny_lt", eval_dirs=[tmp_path / "out" / "eval_test"],
                        card_path=tmp_path / "out" / "README.md")
     uploaded = fake_api.calls[-1][2]
-    assert uploaded["eval_test/results.json"] == tmp_path / "out" / "eval_test" / "results.json"
+    assert json.loads(uploaded["eval_test/results.json"]) == json.loads(
+        (tmp_path / "out" / "eval_test" / "results.json").read_text())
     assert "| test | last rule, tau=1 (main) | 70.0 |" in (tmp_path / "out" / "README.md").read_text()

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from scipy import stats
 
-from cadel_modeling.losses import CascadeLoss, annealing_T, confidence_bin_weights, mixup_batch
+from cadel_modeling.training.losses import CascadeLoss, annealing_T, confidence_bin_weights, mixup_batch
 
 
 # ----------------------------------------------------------------------------------------------- numpy reference
@@ -84,7 +84,8 @@ def test_all_samples_in_one_bin_get_base_plus_gamma(value):
 
 
 def test_bin_weights_hand_computed_with_values_on_edges():
-    # bins of width 1/8: 0.0, 0.05 -> bin 0; 0.125 (edge), 0.2 -> bin 1; 0.5 (edge) -> bin 4; 0.875 (edge), 0.999, 1.0 -> bin 7
+    # bins of width 1/8: 0.0, 0.05 -> bin 0; 0.125 (edge), 0.2 -> bin 1; 0.5 (edge) -> bin 4;
+    # 0.875 (edge), 0.999, 1.0 -> bin 7
     m = torch.tensor([0.0, 0.05, 0.125, 0.2, 0.5, 0.875, 0.999, 1.0])
     w = confidence_bin_weights(m, bins=8, gamma=0.5, base_weight=1.5)
     counts = torch.tensor([2, 2, 2, 2, 1, 3, 3, 3])
@@ -122,7 +123,7 @@ def test_history_of_exit_k_averages_exits_1_to_k():
     loss = criterion(logits, y, T=0.0)
 
     per_sample = [F.cross_entropy(z, y, reduction="none") for z in logits]
-    torch.testing.assert_close(loss, sum((w * l).mean() for w, l in zip(weights, per_sample)))
+    torch.testing.assert_close(loss, sum((w * loss_i).mean() for w, loss_i in zip(weights, per_sample)))
     torch.testing.assert_close(criterion.last_mean_weight, torch.stack([w.mean() for w in weights]))
     assert not criterion.last_mean_weight.requires_grad
 
@@ -185,11 +186,11 @@ def test_no_gradient_flows_through_weights(weight_mode):
     for z in constant_logits:
         history.append(z.detach().softmax(1).gather(1, y[:, None]).squeeze(1))
         w = confidence_bin_weights(torch.stack(history).mean(0), 8, 1.0, 2.0)
-        l = F.cross_entropy(z, y, reduction="none")
+        per_sample = F.cross_entropy(z, y, reduction="none")
         if weight_mode == "per_sample":
-            expected = expected + T * l.mean() + (1 - T) * (w * l).mean()
+            expected = expected + T * per_sample.mean() + (1 - T) * (w * per_sample).mean()
         else:
-            expected = expected + l.mean() * (T + (1 - T) * w.mean())
+            expected = expected + per_sample.mean() * (T + (1 - T) * w.mean())
     expected.backward()
     for z, z_const in zip(logits, constant_logits):
         torch.testing.assert_close(z.grad, z_const.grad)

@@ -14,7 +14,6 @@ import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, log_loss, top_k_accuracy_score
 
 from cadel_modeling.metrics import (
-    METRIC_PATH,
     compute_long_tail_metrics,
     format_table,
     load_metric,
@@ -22,6 +21,7 @@ from cadel_modeling.metrics import (
     shot_groups,
     write_per_class_csv,
 )
+from cadel_modeling.metrics.long_tail import METRIC_PATH
 
 REFERENCE_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "reference" / "data"
 

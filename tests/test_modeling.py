@@ -16,18 +16,13 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from cadel_modeling.config import RunConfig
-from cadel_modeling.losses import CascadeLoss, mixup_batch
-from cadel_modeling.modeling import (
-    CadelConfig,
-    CadelForImageClassification,
-    ConvAuxHead,
-    build_model,
-    exit_costs,
-    model_summary,
-)
-from cadel_modeling.optim import build_optimizer, set_learning_rate
-from cadel_modeling.pretrained import LoadReport, load_pretrained_checkpoint, resize_pos_embed
-from cadel_modeling.training import save_model
+from cadel_modeling.modeling import CadelConfig, CadelForImageClassification
+from cadel_modeling.modeling.costs import exit_costs, model_summary
+from cadel_modeling.modeling.factory import build_model, save_model
+from cadel_modeling.modeling.heads import ConvAuxHead
+from cadel_modeling.modeling.pretrained import LoadReport, load_pretrained_checkpoint, resize_pos_embed
+from cadel_modeling.training.losses import CascadeLoss, mixup_batch
+from cadel_modeling.training.optim import OptimizerSpec, build_optimizer, set_learning_rate
 
 from conftest import FASHION_MNIST_DIR, requires_fashion_mnist
 
@@ -166,7 +161,7 @@ def test_saved_model_reloads_with_identical_outputs(tmp_path, backbone, extra):
     cfg = RunConfig(backbone=backbone, image_size=32, **extra)
     model = build_model(cfg, fake_data(6)).eval()
     model.config.tau = 1.0  # stage 2 writes tau into the config; predictions must use it after reloading
-    save_model(model, tmp_path / "best_model", cfg)
+    save_model(model, tmp_path / "best_model", cfg, cfg.augmentation)
     again = CadelForImageClassification.from_pretrained(str(tmp_path / "best_model")).eval()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
@@ -183,7 +178,7 @@ def test_zero_backbone_lr_freezes_the_backbone_but_not_its_batchnorm_statistics(
     cfg = RunConfig(backbone="test_resnet", image_size=32, aux_head="light", backbone_lr=0.0, lr=0.1)
     model = build_model(cfg, fake_data(3))
     before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
-    optimizer = build_optimizer(model, cfg)
+    optimizer = build_optimizer(model, OptimizerSpec.from_config(cfg))
     set_learning_rate(optimizer, cfg.lr)
     out = model(pixel_values=torch.randn(4, 3, 32, 32))
     sum(z.sum() for z in out.exit_logits).backward()
@@ -296,7 +291,7 @@ def test_cascade_trains_on_fashion_mnist(backbone, weight_mode, one_thread):
                     optimizer="adamw" if vit else "sgd", lr=1e-3 if vit else 0.02, weight_decay=0.05 if vit else 5e-4,
                     weight_mode=weight_mode)
     model = build_model(cfg, fake_data(10)).train()
-    optimizer = build_optimizer(model, cfg)
+    optimizer = build_optimizer(model, OptimizerSpec.from_config(cfg))
     set_learning_rate(optimizer, cfg.lr)
     loss_fn = CascadeLoss(8, 1.0, 2.0, weight_mode, "bce" if vit else "ce")
     generator = torch.Generator().manual_seed(0)

@@ -1,13 +1,12 @@
 """The original optimisation recipes (spec §3.6): ViT LLRD group scales and weight decay, CNN groups, schedules."""
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
 
 from cadel_modeling.config import RunConfig
 from cadel_modeling.modeling import CadelConfig, CadelForImageClassification
-from cadel_modeling.optim import build_optimizer, param_groups, scheduled_lr, set_learning_rate
+from cadel_modeling.training.optim import LRSchedule, OptimizerSpec, build_optimizer, param_groups, set_learning_rate
 
 
 @pytest.fixture(scope="module")
@@ -16,8 +15,8 @@ def vit_b16():
         return CadelForImageClassification(CadelConfig(backbone="vit_base_patch16_224", num_labels=1000))
 
 
-def scale_and_decay_by_name(model, cfg):
-    groups = param_groups(model, cfg)
+def scale_and_decay_by_name(model, spec):
+    groups = param_groups(model, spec)
     by_param = {id(p): (g["lr_scale"], g["weight_decay"]) for g in groups for p in g["params"]}
     return {n: by_param[id(p)] for n, p in model.named_parameters()}
 
@@ -35,7 +34,7 @@ def expected_vit_scale(name: str, decay_aux_heads: bool = True) -> float:
 
 def test_vit_llrd_scales_and_weight_decay_follow_the_original(vit_b16):
     cfg = RunConfig(backbone="vit_base_patch16_224", optimizer="adamw", layer_decay=0.75, weight_decay=0.05)
-    got = scale_and_decay_by_name(vit_b16, cfg)
+    got = scale_and_decay_by_name(vit_b16, OptimizerSpec.from_config(cfg))
     for name, (scale, decay) in got.items():
         assert scale == pytest.approx(expected_vit_scale(name), rel=1e-12), name
         no_decay = name.endswith(("bias", "pos_embed", "cls_token")) or ".norm" in name or "fc_norm" in name
@@ -48,8 +47,8 @@ def test_vit_llrd_scales_and_weight_decay_follow_the_original(vit_b16):
 
 
 def test_lr_decay_py_variant_gives_aux_heads_full_lr(vit_b16):
-    cfg = SimpleNamespace(layer_decay=0.75, weight_decay=0.05, llrd_decay_aux_heads=False)
-    got = scale_and_decay_by_name(vit_b16, cfg)
+    spec = OptimizerSpec(name="adamw", layer_decay=0.75, weight_decay=0.05, llrd_decay_aux_heads=False)
+    got = scale_and_decay_by_name(vit_b16, spec)
     for name, (scale, _) in got.items():
         assert scale == pytest.approx(expected_vit_scale(name, decay_aux_heads=False), rel=1e-12), name
     assert got["aux_exits.0.classifier.weight"][0] == 1.0
@@ -59,7 +58,7 @@ def test_lr_decay_py_variant_gives_aux_heads_full_lr(vit_b16):
 def test_cnn_groups_decay_everything_and_scale_the_backbone():
     model = CadelForImageClassification(CadelConfig(backbone="test_resnet", num_labels=3, image_size=32,
                                                     aux_head="light"))
-    cfg = RunConfig(backbone="test_resnet", lr=0.025, backbone_lr=0.01, weight_decay=5e-4)
+    cfg = OptimizerSpec(lr=0.025, backbone_lr=0.01, weight_decay=5e-4)
     groups = {g["name"]: g for g in param_groups(model, cfg)}
     assert groups["backbone"]["lr_scale"] == pytest.approx(0.4) and groups["heads"]["lr_scale"] == 1.0
     assert all(g["weight_decay"] == 5e-4 for g in groups.values())  # BN and biases included, as the original
@@ -72,27 +71,28 @@ def test_cnn_groups_decay_everything_and_scale_the_backbone():
 
 def test_adamw_uses_beta2_from_the_config():
     model = CadelForImageClassification(CadelConfig(backbone="test_vit", num_labels=3, image_size=32))
-    optimizer = build_optimizer(model, RunConfig(backbone="test_vit", optimizer="adamw", adamw_beta2=0.99))
+    cfg = RunConfig(backbone="test_vit", optimizer="adamw", adamw_beta2=0.99)
+    optimizer = build_optimizer(model, OptimizerSpec.from_config(cfg))
     assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["betas"] == (0.9, 0.99)
     with pytest.raises(ValueError, match="use sgd or adamw"):
-        build_optimizer(model, SimpleNamespace(optimizer="adam", layer_decay=0.75, weight_decay=0.0,
-                                               llrd_decay_aux_heads=True))
+        build_optimizer(model, OptimizerSpec(name="adam", weight_decay=0.0))
 
 
 def test_vit_schedule_warms_up_from_a_fifth_then_half_cosine_per_step():
-    cfg = RunConfig(scheduler="warmup_cosine", lr=5e-4, min_lr=1e-6, warmup_epochs=5, epochs=100)
-    assert scheduled_lr(cfg, 1, 0, 10) == pytest.approx(1e-4)           # t = 1: lr * 1/5
-    assert scheduled_lr(cfg, 3, 5, 10) == pytest.approx(3.5e-4)         # t = 3.5
-    assert scheduled_lr(cfg, 5, 0, 10) == pytest.approx(5e-4)           # end of warmup
-    assert scheduled_lr(cfg, 52, 5, 10) == pytest.approx((5e-4 + 1e-6) / 2)  # halfway through the cosine
-    assert scheduled_lr(cfg, 100, 0, 10) == pytest.approx(1e-6)         # t = E
-    assert scheduled_lr(cfg, 100, 9, 10) > 1e-6                         # the original's harmless last-epoch overshoot
+    schedule = LRSchedule.from_config(RunConfig(scheduler="warmup_cosine", lr=5e-4, min_lr=1e-6, warmup_epochs=5,
+                                                epochs=100))
+    assert schedule.at(1, 0, 10) == pytest.approx(1e-4)           # t = 1: lr * 1/5
+    assert schedule.at(3, 5, 10) == pytest.approx(3.5e-4)         # t = 3.5
+    assert schedule.at(5, 0, 10) == pytest.approx(5e-4)           # end of warmup
+    assert schedule.at(52, 5, 10) == pytest.approx((5e-4 + 1e-6) / 2)  # halfway through the cosine
+    assert schedule.at(100, 0, 10) == pytest.approx(1e-6)         # t = E
+    assert schedule.at(100, 9, 10) > 1e-6                         # the original's harmless last-epoch overshoot
 
 
 def test_cnn_schedule_is_a_per_epoch_cosine_without_warmup():
-    cfg = RunConfig(scheduler="cosine_epoch", lr=0.025, min_lr=0.0, epochs=200)
-    assert scheduled_lr(cfg, 1, 0, 100) == scheduled_lr(cfg, 1, 99, 100) == pytest.approx(0.025)
-    assert scheduled_lr(cfg, 101, 0, 100) == pytest.approx(0.0125)
-    assert scheduled_lr(cfg, 200, 0, 100) == pytest.approx(0.025 * 0.5 * (1 + math.cos(math.pi * 199 / 200)))
+    schedule = LRSchedule("cosine_epoch", lr=0.025, epochs=200, min_lr=0.0)
+    assert schedule.at(1, 0, 100) == schedule.at(1, 99, 100) == pytest.approx(0.025)
+    assert schedule.at(101, 0, 100) == pytest.approx(0.0125)
+    assert schedule.at(200, 0, 100) == pytest.approx(0.025 * 0.5 * (1 + math.cos(math.pi * 199 / 200)))
     with pytest.raises(ValueError, match="use cosine_epoch or warmup_cosine"):
-        scheduled_lr(SimpleNamespace(scheduler="step", lr=0.1, min_lr=0.0, epochs=10), 1, 0, 10)
+        LRSchedule("step", lr=0.1, epochs=10)

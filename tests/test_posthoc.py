@@ -4,7 +4,7 @@ import math
 import numpy as np
 import torch
 
-from cadel_modeling.modeling import adjust_logits, combine_exits, log_prior
+from cadel_modeling.modeling.heads import adjust_logits, combine_exits, log_prior
 from cadel_modeling.posthoc import TAU_GRIDS, ensemble_scores, pick_tau, tau_sweep
 
 

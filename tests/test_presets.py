@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from cadel_modeling.config import parse_config, preset_names
-from cadel_modeling.modeling import build_model
+from cadel_modeling.modeling.factory import build_model
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "presets.md"
 
@@ -95,7 +95,7 @@ def test_every_preset_builds_at_full_size(name):
         model = build_model(cfg, fake_data(classes))
         out = model(pixel_values=torch.empty(2, 3, cfg.image_size, cfg.image_size))
     assert [tuple(z.shape) for z in out.exit_logits] == [(2, classes)] * 3
-    if cfg.is_vit():
+    if cfg.family() == "vit":
         assert model.exit_indices == cfg.exit_blocks == [7, 9] and len(model.aux_exits[0].blocks) == 2
         assert tuple(model.backbone.patch_embed.grid_size) == (cfg.image_size // 16,) * 2
     elif cfg.aux_head.startswith("faithful") and cfg.aux_width == 2048:
@@ -108,7 +108,7 @@ def test_every_preset_builds_at_full_size(name):
 
 @pytest.mark.parametrize("name", preset_names())
 def test_every_preset_runs_at_reduced_size(name):
-    vit = parse_config(["--config", name]).is_vit()
+    vit = parse_config(["--config", name]).family() == "vit"
     small = dict(backbone="test_vit", exit_blocks="null", image_size=32) if vit else \
         dict(backbone="test_resnet", aux_width=64, aux_groups=4, image_size=112)
     cfg = offline(name, **small)

@@ -10,10 +10,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cadel_modeling import stage1
 from cadel_modeling.config import parse_config
-from cadel_modeling.losses import CascadeLoss
-from cadel_modeling.training import NonFiniteLossError, latest_checkpoint
+from cadel_modeling.stages import stage1
+from cadel_modeling.training.checkpointing import list_checkpoints
+from cadel_modeling.training.loop import NonFiniteLossError
+from cadel_modeling.training.losses import CascadeLoss
+
 from conftest import REPO, requires_fashion_mnist
 
 pytestmark = [pytest.mark.slow, requires_fashion_mnist]
@@ -69,9 +71,9 @@ def test_killed_run_resumes_to_the_same_result(reference_run, tmp_path):
     assert proc.poll() is None, "the run ended before it could be interrupted:\n" + proc.stdout.read()
     proc.send_signal(signal.SIGTERM)  # what a preempting scheduler sends
     output, _ = proc.communicate(timeout=240)
-    assert proc.returncode == 0, output
-    assert "stopped by a signal" in output
-    saved = json.loads((latest_checkpoint(out) / "cadel_checkpoint.json").read_text())
+    assert proc.returncode == 75, output  # EX_TEMPFAIL: preempted, resume it
+    assert "stopped: stopped by SIGTERM" in output and "--resume_from_checkpoint latest" in output
+    saved = json.loads((list_checkpoints(out)[-1] / "cadel_checkpoint.json").read_text())
     assert saved["global_step"] >= 3 and not (out / "last_model").exists()
 
     stage1.run(tiny(out, "--resume_from_checkpoint", "latest"))
@@ -97,13 +99,13 @@ def test_nonfinite_loss_is_skipped_or_stops_with_intact_checkpoint(tmp_path, mon
     calls["n"] = 0
     with pytest.raises(NonFiniteLossError, match="epoch 1, step 4"):
         stage1.run(tiny(tmp_path / "stop", "--on_nonfinite_loss", "stop", "--checkpointing_steps", "2"))
-    ckpt = latest_checkpoint(tmp_path / "stop")
+    ckpt = list_checkpoints(tmp_path / "stop")[-1]
     assert json.loads((ckpt / "cadel_checkpoint.json").read_text())["global_step"] == 4
     assert all(torch.isfinite(t).all() for t in load_file(str(ckpt / "model.safetensors")).values())
 
 
 def test_resume_refuses_a_checkpoint_of_another_model(reference_run, tmp_path):
-    ckpt = latest_checkpoint(reference_run)
+    ckpt = list_checkpoints(reference_run)[-1]
     with pytest.raises(ValueError, match="backbone=test_resnet but this run has backbone=resnet18"):
         stage1.run(tiny(tmp_path / "other", "--backbone", "resnet18", "--resume_from_checkpoint", str(ckpt)))
 

@@ -1,18 +1,11 @@
 """Behaviour of the long-tail samplers: target class frequencies, determinism, and sharding across processes."""
 
-import math
-
 import numpy as np
 import pytest
 from scipy import stats
 from torch.utils.data import DataLoader
 
-from cadel_modeling.samplers import (
-    ClassAwareSampler,
-    class_balanced_filter,
-    class_balanced_stream,
-    make_sampler,
-)
+from cadel_modeling.data.samplers import ClassAwareSampler, make_sampler
 
 INAT_NUM_IMAGES = 437_513
 INAT_NUM_CLASSES = 8_142
@@ -79,22 +72,6 @@ def test_draw_is_deterministic_given_seed_and_epoch():
     assert list(other_seed) != epoch_3
 
 
-@pytest.mark.parametrize(("num_samples", "num_replicas"), [(1000, 2), (1001, 2), (7, 3), (2, 4)])
-def test_replicas_partition_the_padded_global_draw(num_samples, num_replicas):
-    labels = shuffled_labels(np.array([30, 10, 4]))
-    global_draw = list(ClassAwareSampler(labels, mode="sqrt", num_samples=num_samples, seed=5))
-    shards = [
-        list(ClassAwareSampler(labels, "sqrt", num_samples, seed=5, num_replicas=num_replicas, rank=rank))
-        for rank in range(num_replicas)
-    ]
-
-    per_rank = math.ceil(num_samples / num_replicas)
-    assert [len(shard) for shard in shards] == [per_rank] * num_replicas
-    interleaved = [shard[i] for i in range(per_rank) for shard in shards]
-    padded_global = (global_draw * num_replicas)[: per_rank * num_replicas]
-    assert interleaved == padded_global
-
-
 def test_accelerate_gives_each_process_alternate_global_batches():
     from accelerate.data_loader import prepare_data_loader
 
@@ -122,47 +99,6 @@ def test_accelerate_gives_each_process_alternate_global_batches():
     for rank, dataloader in enumerate(prepared):
         dataloader.set_epoch(3)
         assert batches(dataloader) == global_batches_3[rank::2]
-
-
-def long_tail_stream(counts: np.ndarray) -> list[dict]:
-    return [{"id": f"img{i}", "label": int(label)} for i, label in enumerate(shuffled_labels(counts, seed=4))]
-
-
-def test_class_balanced_stream_balances_a_long_tailed_stream():
-    counts = np.array([20_000, 5_000, 1_000, 200])
-    examples = long_tail_stream(counts)
-
-    kept = list(class_balanced_stream(examples, counts, seed=0))
-
-    kept_counts = np.bincount([example["label"] for example in kept], minlength=len(counts))
-    keep_probability = counts.min() / counts
-    expected = counts * keep_probability
-    binomial_std = np.sqrt(counts * keep_probability * (1 - keep_probability))
-    assert np.all(np.abs(kept_counts - expected) <= 5 * binomial_std)
-    assert kept_counts[-1] == counts[-1]  # the rarest class is always kept
-    assert list(class_balanced_stream(examples, counts, seed=0)) == kept
-    assert list(class_balanced_stream(examples, counts, seed=1)) != kept
-    assert list(class_balanced_stream(examples, counts, seed=0, epoch=1)) != kept
-
-
-def test_class_balanced_filter_keeps_the_same_examples_however_the_stream_is_split():
-    from datasets import Dataset
-    from datasets.distributed import split_dataset_by_node
-
-    counts = np.array([900, 300, 60, 20])
-    examples = long_tail_stream(counts)
-    expected_ids = [example["id"] for example in class_balanced_stream(examples, counts, seed=2, key="id")]
-    streamed = Dataset.from_list(examples).to_iterable_dataset(num_shards=4)
-
-    filtered = class_balanced_filter(streamed, counts, key="id", seed=2)
-
-    assert [example["id"] for example in filtered] == expected_ids
-    for world_size in (2, 3):  # 4 shards: split by shards for 2 nodes, by examples for 3
-        per_node = [
-            [example["id"] for example in split_dataset_by_node(filtered, rank=rank, world_size=world_size)]
-            for rank in range(world_size)
-        ]
-        assert sorted(sum(per_node, [])) == sorted(expected_ids)
 
 
 def test_class_with_no_images_is_never_drawn():
@@ -193,16 +129,8 @@ def test_make_sampler():
         (dict(labels=[]), "labels is empty"),
         (dict(labels=[0, -1]), ">= 0"),
         (dict(labels=[0, 1], num_samples=0), "num_samples"),
-        (dict(labels=[0, 1], num_replicas=2, rank=2), "rank"),
     ],
 )
 def test_bad_sampler_arguments_raise(kwargs, message):
     with pytest.raises(ValueError, match=message):
         ClassAwareSampler(**kwargs)
-
-
-def test_stream_rejects_labels_missing_from_class_counts():
-    with pytest.raises(ValueError, match="label 2"):
-        list(class_balanced_stream([{"label": 0}, {"label": 2}], class_counts=[5, 1]))
-    with pytest.raises(ValueError, match="class_counts"):
-        list(class_balanced_stream([{"label": 0}], class_counts=[0, 0]))

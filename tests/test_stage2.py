@@ -7,21 +7,15 @@ import json
 import pytest
 import torch
 
-from cadel_modeling.posthoc import (
-    ensemble_scores,
-    exit_weight_candidates,
-    search_exit_weights,
-    simplex_grid,
-    tau_sweep,
-    weighted_scores,
-)
+from cadel_modeling.modeling.heads import weighted_scores
+from cadel_modeling.posthoc import ensemble_scores, exit_weight_candidates, search_exit_weights, simplex_grid, tau_sweep
 
 from conftest import FASHION_MNIST_DIR
 
 EVAL_BATCH = 64
 ARGS = ["--config", "fashion_mnist_lt", "--n_max", "60", "--val_per_class", "10", "--imb_factor", "20",
-        "--backbone", "test_resnet", "--batch_size", "32", "--eval_batch_size", str(EVAL_BATCH), "--crt_epochs", "3",
-        "--crt_lr", "0.1", "--tau_grid", "[0.0, 0.5, 1.0, 1.5]"]
+        "--backbone", "test_resnet", "--batch_size", "32", "--eval_batch_size", str(EVAL_BATCH)]
+STAGE2_ARGS = ["--crt_epochs", "3", "--crt_lr", "0.1", "--tau_grid", "[0.0, 0.5, 1.0, 1.5]"]
 TEST_IMAGES = 150
 
 
@@ -37,15 +31,14 @@ def tiny_run(tmp_path_factory):
         pytest.skip("Fashion-MNIST idx files missing: apt-get install dataset-fashion-mnist")
     from cadel_modeling.config import parse_config
     from cadel_modeling.data import build_datasets
-    from cadel_modeling.modeling import build_model
-    from cadel_modeling.training import save_model
+    from cadel_modeling.modeling.factory import build_model, save_model
 
     out = tmp_path_factory.mktemp("stage1")
     cfg = parse_config(ARGS + ["--output_dir", str(out)])
     data = build_datasets(cfg)
     data = dataclasses.replace(data, splits={**data.splits, "test": data.splits["test"].select(range(TEST_IMAGES))})
     torch.manual_seed(0)
-    save_model(build_model(cfg, data), out / "best_model", cfg)
+    save_model(build_model(cfg, data), out / "best_model", cfg, cfg.augmentation)
     cfg.save(out / "config.yaml")
     return out, data
 
@@ -53,8 +46,9 @@ def tiny_run(tmp_path_factory):
 @pytest.fixture
 def stage2_env(tiny_run, monkeypatch):
     """stage2.run on the tiny run, with the backbone's calls counted and the data built once per module."""
-    from cadel_modeling import evaluation, stage2
-    from cadel_modeling.config import parse_config
+    from cadel_modeling.cli import resolve_config
+    from cadel_modeling.config import STAGE2
+    from cadel_modeling.stages import evaluation, stage2
 
     out, data = tiny_run
     seen = []
@@ -71,7 +65,7 @@ def stage2_env(tiny_run, monkeypatch):
 
     def run(*extra):
         seen.clear()
-        summary = stage2.run(parse_config(ARGS + ["--stage1_dir", str(out), *extra]))
+        summary = stage2.run(resolve_config(STAGE2, STAGE2_ARGS + ["--stage1_dir", str(out), *extra], ""))
         assert all(seen)  # every call a full batch
         return summary, len(seen)
 
@@ -80,16 +74,16 @@ def stage2_env(tiny_run, monkeypatch):
 
 @pytest.mark.slow
 def test_tau_sweep_runs_the_network_once_per_split(stage2_env, monkeypatch):
-    from cadel_modeling import hub
+    from cadel_modeling.hub import publish
 
     run, out, data = stage2_env
     pushed = []
 
-    def push(path, repo_id, private):
+    def push(path, repo_id, private, **kwargs):
         written = (path / "ensemble.json").is_file() and (path.parent / "stage2_results.json").is_file()
         pushed.append((path, repo_id, private, written))
 
-    monkeypatch.setattr(hub, "push_to_hub", push)
+    monkeypatch.setattr(publish, "push_to_hub", push)
     summary, calls = run("--stage2_method", "logit_adjustment", "--push_to_hub", "true", "--hub_model_id", "me/tiny")
     assert calls == one_pass(len(data.splits["val"]), TEST_IMAGES)  # not once per tau
     assert pushed == [(out / "stage2_logit_adjustment" / "model", "me/tiny", False, True)]  # once all is written
@@ -112,8 +106,9 @@ def test_tau_sweep_runs_the_network_once_per_split(stage2_env, monkeypatch):
 def test_crt_changes_only_the_retrained_classifiers(stage2_env, crt_exits):
     from safetensors.torch import load_file
 
-    from cadel_modeling import evaluation
-    from cadel_modeling.config import parse_config
+    from cadel_modeling.cli import resolve_config
+    from cadel_modeling.config import EVALUATE
+    from cadel_modeling.stages import evaluation
 
     run, out, data = stage2_env
     summary, calls = run("--stage2_method", "crt", "--crt_exits", crt_exits)
@@ -132,7 +127,7 @@ def test_crt_changes_only_the_retrained_classifiers(stage2_env, crt_exits):
     assert len(val_curve) == 3 and crt["best_epoch"] == val_curve.index(max(val_curve)) + 1
     assert summary["tau_grid"][0] == 0.0 and summary["ensemble"]["val_top1"] >= summary["val_top1"]
     # The saved model, evaluated through the network on val, reproduces the validation top-1 stage 2 chose with.
-    cfg = parse_config(ARGS + ["--eval_model", str(out / "stage2_crt" / "model"), "--eval_split", "val"])
+    cfg = resolve_config(EVALUATE, ["--eval_model", str(out / "stage2_crt" / "model"), "--eval_split", "val"], "")
     results = evaluation.run(cfg)
     assert next(iter(results.values()))["accuracy"] == pytest.approx(summary["val_top1"], abs=1e-6)  # float32 mean
 

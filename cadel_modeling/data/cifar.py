@@ -18,6 +18,7 @@ from .long_tail import long_tailed_counts, subsample_long_tailed
 from .transforms import CIFAR_MEAN, CIFAR_STD
 
 SUBSET_SEED = 0
+DEFAULT_IMB_FACTOR = 100.0
 CIFAR = {
     "cifar10_lt": {"title": "CIFAR-10-LT", "folder": "cifar-10-batches-py", "meta": "batches.meta",
                    "names_key": "label_names", "label_key": "labels", "n_max": 5000,
@@ -75,7 +76,7 @@ def take(images, labels: np.ndarray, indices: np.ndarray):
 
 
 def build_cifar_lt(cfg, name: str):
-    from . import LongTailedData, label_array
+    from .base import LongTailedData, label_array
     spec = CIFAR[name]
     folder = find_pickles(spec, cfg.data_dir)
     if folder is not None:
@@ -93,8 +94,10 @@ def build_cifar_lt(cfg, name: str):
         train_images, train_labels = hub["train"], label_array(hub["train"], "label")
         test, source = hub["test"], spec["hub"]
     n_max = cfg.n_max or spec["n_max"]
-    counts = long_tailed_counts(n_max, len(class_names), cfg.imb_factor, cfg.imb_type)
-    train_idx, val_idx = subsample_long_tailed(train_labels, counts, seed=SUBSET_SEED, val_per_class=cfg.val_per_class)
+    imb_factor = cfg.imb_factor if cfg.imb_factor is not None else DEFAULT_IMB_FACTOR
+    counts = long_tailed_counts(n_max, len(class_names), imb_factor, cfg.imb_type, class_names)
+    train_idx, val_idx = subsample_long_tailed(train_labels, counts, seed=SUBSET_SEED, val_per_class=cfg.val_per_class,
+                                               class_names=class_names)
     val_note = (f"val = {cfg.val_per_class}/class from unused training images" if cfg.val_per_class > 0 else
                 "val = the test set, as the community does for CIFAR-LT (no separate val split; "
                 "--val_per_class N carves one from unused training images)")
@@ -103,7 +106,7 @@ def build_cifar_lt(cfg, name: str):
         splits={"val": take(train_images, train_labels, val_idx) if cfg.val_per_class > 0 else test, "test": test},
         class_names=list(class_names), mean=CIFAR_MEAN, std=CIFAR_STD,
         notes=[f"{spec['title']} (LDAM-DRW profile) from {source}: {cfg.imb_type} profile, n_max={n_max}, "
-               f"IF={cfg.imb_factor:g}, {len(train_idx)} training images, subset seed {SUBSET_SEED} whatever the run "
+               f"IF={imb_factor:g}, {len(train_idx)} training images, subset seed {SUBSET_SEED} whatever the run "
                f"seed; {val_note}; test = the balanced {len(test)}-image test set"])
 
 

@@ -54,14 +54,20 @@ def _load_arrays(data_dir):
     return tuple(arrays)
 
 
-def build_fashion_mnist_lt(cfg):
+DEFAULT_N_MAX, DEFAULT_IMB_FACTOR = 500, 100.0
+
+
+def build_fashion_mnist_lt(opts):
     from datasets import ClassLabel, Dataset, Features, Image
 
-    from . import LongTailedData
+    from .base import LongTailedData
 
-    x_train, y_train, x_test, y_test = _load_arrays(cfg.data_dir)
-    counts = long_tailed_counts(cfg.n_max or 500, len(CLASS_NAMES), cfg.imb_factor, cfg.imb_type)
-    train_idx, val_idx = subsample_long_tailed(y_train, counts, seed=cfg.seed, val_per_class=cfg.val_per_class)
+    x_train, y_train, x_test, y_test = _load_arrays(opts.data_dir)
+    n_max = opts.n_max or DEFAULT_N_MAX
+    imb_factor = opts.imb_factor if opts.imb_factor is not None else DEFAULT_IMB_FACTOR
+    counts = long_tailed_counts(n_max, len(CLASS_NAMES), imb_factor, opts.imb_type, CLASS_NAMES)
+    train_idx, val_idx = subsample_long_tailed(y_train, counts, seed=opts.seed, val_per_class=opts.val_per_class,
+                                               class_names=CLASS_NAMES)
     features = Features({"image": Image(), "label": ClassLabel(names=CLASS_NAMES)})
 
     def make(images, labels):
@@ -71,5 +77,5 @@ def build_fashion_mnist_lt(cfg):
         train=make(x_train[train_idx], y_train[train_idx]),
         splits={"val": make(x_train[val_idx], y_train[val_idx]), "test": make(x_test, y_test)},
         class_names=list(CLASS_NAMES), mean=MEAN, std=STD,
-        notes=[f"Fashion-MNIST-LT: exp profile, n_max={cfg.n_max or 500}, IF={cfg.imb_factor:g}, seed={cfg.seed}; "
-               f"val = {cfg.val_per_class}/class from unused training images; test = the balanced 10k test set"])
+        notes=[f"Fashion-MNIST-LT: {opts.imb_type} profile, n_max={n_max}, IF={imb_factor:g}, seed={opts.seed}; "
+               f"val = {opts.val_per_class}/class from unused training images; test = the balanced 10k test set"])

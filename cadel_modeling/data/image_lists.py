@@ -86,7 +86,7 @@ def class_names_from_paths(relative_paths: Sequence[str], labels: np.ndarray, nu
 def build_split_list_dataset(name: str, data_dir, root):
     """ImageNet-LT / Places-LT: ``<Prefix>_{train,val,test}.txt`` in ``data_dir`` (or a sub-folder), images under
     ``root``."""
-    from . import LongTailedData
+    from .base import LongTailedData
     spec = SPLIT_LISTS[name]
     lists = {}
     for split in ("train", "val", "test"):
@@ -140,7 +140,7 @@ def read_inat_json(path: Path) -> Tuple[List[str], np.ndarray, List[dict]]:
 
 def build_inat18(cfg):
     """iNaturalist 2018: the official val set is the reported split, used for model selection as well."""
-    from . import LongTailedData
+    from .base import LongTailedData
     train_json = find_file(cfg.data_dir, "train2018.json", "iNaturalist 2018 training annotations", INAT_SOURCE)
     val_json = find_file(cfg.data_dir, "val2018.json", "iNaturalist 2018 validation annotations", INAT_SOURCE)
     train_names, train_labels, categories = read_inat_json(train_json)

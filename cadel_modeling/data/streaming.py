@@ -29,15 +29,15 @@ def default_num_shards(num_examples: int, num_processes: int, num_workers: int) 
     return num_processes if num_processes <= num_examples else 1
 
 
-def stream_train_split(train, cfg, num_processes: int = 0):
+def stream_train_split(train, opts, num_processes: int = 0):
     """A map-style training split as a shuffled ``IterableDataset``.
 
     The rows are shuffled once first: split lists are sorted by class, and contiguous shards of sorted rows would fill
     the shuffle buffer with one class at a time.
     """
-    shards = default_num_shards(len(train), num_processes or world_size(), cfg.num_workers)
-    stream = train.shuffle(seed=cfg.seed).to_iterable_dataset(num_shards=shards)
-    return stream.shuffle(seed=cfg.seed, buffer_size=cfg.shuffle_buffer)
+    shards = default_num_shards(len(train), num_processes or world_size(), opts.num_workers)
+    stream = train.shuffle(seed=opts.seed).to_iterable_dataset(num_shards=shards)
+    return stream.shuffle(seed=opts.seed, buffer_size=opts.shuffle_buffer)
 
 
 def split_for_process(stream, process_index: int, num_processes: int):

@@ -34,19 +34,21 @@ def to_rgb(image: PILImage.Image) -> PILImage.Image:
 
 
 def build_transform(train: bool, image_size: int, mean: Sequence[float], std: Sequence[float],
-                    augmentation: str = "imagenet", color_jitter: float = 0.4) -> Callable:
+                    augmentation: str = "imagenet", color_jitter: float = 0.4, hflip: bool = True) -> Callable:
     """'imagenet': RandomResizedCrop + flip (+ ColorJitter) for training, Resize(size*256/224) + CenterCrop for
-    evaluation. 'small' (28-32 px data): resize, pad-4 random crop + flip. 'none': resize only."""
+    evaluation. 'small' (28-32 px data): resize, pad-size/8 random crop + flip. 'none': resize only. ``hflip=False``
+    drops the flips (digits, text: a mirrored image is another class or none)."""
+    flip = [T.RandomHorizontalFlip()] if hflip else []
     to_tensor = [T.ToTensor(), T.Normalize(mean, std)]
     rgb = T.Lambda(to_rgb)
     if augmentation == "imagenet":
         if not train:
             return T.Compose([rgb, T.Resize(round(image_size * 256 / 224)), T.CenterCrop(image_size)] + to_tensor)
         jitter = [T.ColorJitter(color_jitter, color_jitter, color_jitter, 0)] if color_jitter > 0 else []
-        return T.Compose([rgb, T.RandomResizedCrop(image_size), T.RandomHorizontalFlip()] + jitter + to_tensor)
+        return T.Compose([rgb, T.RandomResizedCrop(image_size)] + flip + jitter + to_tensor)
     resize = [rgb, T.Resize((image_size, image_size))]
     if augmentation == "small" and train:
-        return T.Compose(resize + [T.RandomCrop(image_size, padding=image_size // 8), T.RandomHorizontalFlip()] + to_tensor)
+        return T.Compose(resize + [T.RandomCrop(image_size, padding=image_size // 8)] + flip + to_tensor)
     if augmentation in ("small", "none"):
         return T.Compose(resize + to_tensor)
     raise ValueError(f"unknown augmentation {augmentation!r}; use imagenet, small or none")

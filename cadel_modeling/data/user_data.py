@@ -51,7 +51,7 @@ def from_splits(splits: Mapping, image_column: str, label_column: str, source: s
     """``LongTailedData`` from named map-style splits; string labels become a ``ClassLabel`` shared by all splits."""
     from datasets import ClassLabel
 
-    from . import LongTailedData, label_array
+    from .base import LongTailedData, label_array
     named = _rename_splits(splits, source)
     if "train" not in named:
         raise ValueError(f"{source} has no train split (splits: {list(splits)})")
@@ -101,7 +101,7 @@ def stream_hub(cfg, path: str):
     """A Hub dataset whose train split is streamed; the evaluation splits are loaded normally (they are small)."""
     from datasets import get_dataset_split_names, load_dataset
 
-    from . import LongTailedData, label_array
+    from .base import LongTailedData, label_array
     train = load_dataset(path, split="train", streaming=True)
     _check_columns("train", train.column_names or [], cfg.image_column, cfg.label_column, path)
     count_file = Path(cfg.data_dir) / COUNT_FILE if cfg.data_dir else None

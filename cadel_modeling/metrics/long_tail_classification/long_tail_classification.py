@@ -5,9 +5,10 @@ Self-contained `evaluate` module (evaluate copies this file into its cache, so i
 """
 
 import datasets
-import evaluate
 import numpy as np
 import pyarrow as pa
+
+import evaluate
 
 _DESCRIPTION = """\
 Metrics for long-tailed image classification from per-sample class scores (logits; softmax is applied here).

@@ -1,74 +1,29 @@
-"""Long-tailed classification metrics, computed by the `evaluate` module in ``metric_modules/long_tail_classification``,
-and the reports built on them: a results table, a per-class CSV and a per-class accuracy plot."""
+"""What a person reads: the results table, a per-class CSV and a per-class accuracy plot."""
 from __future__ import annotations
 
 import csv
-import functools
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 
-METRIC_PATH = Path(__file__).resolve().parent / "metric_modules" / "long_tail_classification"
-MANY_THRESHOLD = 100
-FEW_THRESHOLD = 20
-GROUPS = ("many", "medium", "few")
+from .long_tail import FEW_THRESHOLD, GROUPS, MANY_THRESHOLD, ArrayLike, shot_groups
+
 TABLE_COLUMNS = {"All": "accuracy", "Many": "many_accuracy", "Medium": "medium_accuracy", "Few": "few_accuracy",
                  "Top-5": "top5_accuracy", "ECE": "ece", "NLL": "nll", "macro-F1": "macro_f1"}
 
-ArrayLike = torch.Tensor | np.ndarray | Sequence
 
-
-@functools.cache
-def load_metric():
-    """Load the bundled metric module from its folder (no Hub access), once per process."""
-    # Imported here, not at module level: a process started in the repository root finds the top-level evaluate.py
-    # script first, and that script only swaps itself for the real package once it is imported.
-    import evaluate
-
-    if not hasattr(evaluate, "load"):
-        raise ImportError(f"`import evaluate` gave {getattr(evaluate, '__file__', evaluate)!r}, not the Hugging Face "
-                          "`evaluate` package; install it (pip install evaluate) and do not put a folder holding "
-                          "an evaluate.py script ahead of it on sys.path")
-    # Not keep_in_memory: datasets then fingerprints the in-memory table by pickling every score (8 s for iNat18),
-    # while a memory-mapped cache file is hashed by path.
-    return evaluate.load(str(METRIC_PATH))
-
-
-def shot_groups(class_counts: ArrayLike, many_threshold: int = MANY_THRESHOLD,
-                few_threshold: int = FEW_THRESHOLD) -> np.ndarray:
-    """'many' (> many_threshold training images), 'few' (< few_threshold) or 'medium' per class, as in shot_acc."""
-    counts = np.asarray(class_counts)
-    return np.where(counts > many_threshold, "many", np.where(counts < few_threshold, "few", "medium"))
-
-
-def _to_numpy(values: ArrayLike, tensor_dtype: torch.dtype) -> np.ndarray:
-    """Tensors (any device, bf16 included) to numpy; arrays and lists pass through for the module to validate."""
-    if isinstance(values, torch.Tensor):
-        return values.detach().to("cpu", tensor_dtype).numpy()
-    return np.asarray(values)
-
-
-def compute_long_tail_metrics(scores: ArrayLike, labels: ArrayLike, class_counts: ArrayLike,
-                              many_threshold: int = MANY_THRESHOLD, few_threshold: int = FEW_THRESHOLD,
-                              ece_bins: int = 15) -> dict:
-    """All metrics of the module for [N, C] class scores (logits) and [N] labels; groups use TRAINING counts."""
-    return load_metric().compute(
-        predictions=_to_numpy(scores, torch.float32), references=_to_numpy(labels, torch.int64),
-        class_counts=_to_numpy(class_counts, torch.int64), many_threshold=many_threshold, few_threshold=few_threshold,
-        ece_bins=ece_bins)
+def format_number(value, key: str = "accuracy", missing: str = "-") -> str:
+    """Accuracies, ECE and macro-F1 in %, NLL in nats with 3 decimals; ``missing`` for None/NaN."""
+    if value is None or (isinstance(value, float) and value != value):
+        return missing
+    return f"{value:.3f}" if key == "nll" else f"{100 * value:.1f}"
 
 
 def format_table(results: Mapping[str, Mapping]) -> str:
     """One row per named result; accuracies, ECE and macro-F1 in %, NLL in nats, '-' where a value is missing."""
-    def cell(column: str, value) -> str:
-        if value is None:
-            return "-"
-        return f"{value:.3f}" if column == "NLL" else f"{100 * value:.1f}"
-
     rows = [["", *TABLE_COLUMNS]]
-    rows += [[name, *(cell(col, metrics.get(key)) for col, key in TABLE_COLUMNS.items())]
+    rows += [[name, *(format_number(metrics.get(key), key) for key in TABLE_COLUMNS.values())]
              for name, metrics in results.items()]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join([row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]) for row in rows]

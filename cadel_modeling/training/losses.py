@@ -20,7 +20,8 @@ BASE_LOSSES = ("ce", "bce")
 def annealing_T(epoch: int, epochs: int) -> float:
     """Share of the plain (unweighted) loss in epoch ``epoch`` (1-indexed): moves linearly from 1 - 1/E to 0."""
     if epochs < 1 or not 1 <= epoch <= epochs:
-        raise ValueError(f"annealing_T needs 1 <= epoch <= epochs (epoch is 1-indexed), got epoch={epoch}, epochs={epochs}")
+        raise ValueError(f"annealing_T needs 1 <= epoch <= epochs (epoch is 1-indexed), got epoch={epoch}, "
+                         f"epochs={epochs}")
     return 1.0 - epoch / epochs
 
 

@@ -1,0 +1,36 @@
+"""The backbone of a cadel model as a timm model folder: ``config.json`` (architecture, the arguments that rebuild it,
+and a ``pretrained_cfg`` with the data's input size, mean and std) and ``model.safetensors``, which
+``timm.create_model("local-dir:<folder>")`` (or ``hf-hub:<id>`` once uploaded) loads. The exported model has no
+classifier (``num_classes=0``) and mean pooling, so it returns the features the cascade's last exit classifies."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import timm
+import torch
+
+
+def export_timm_backbone(model_ref: str, out_dir) -> Path:
+    """Write the backbone of the cadel model at ``model_ref`` (folder, run folder or Hub id) to ``out_dir``."""
+    from timm.models._hub import save_for_hf
+
+    from ..modeling.factory import load_model
+    from ..modeling.locate import find_model_dir
+
+    model = load_model(find_model_dir(model_ref))
+    c = model.config
+    args = {"num_classes": 0, "global_pool": "avg", **c.backbone_kwargs}
+    if c.is_vit:
+        args["img_size"] = c.image_size
+    plain = timm.create_model(c.backbone, pretrained=False, **args)
+    missing, unexpected = plain.load_state_dict(model.backbone.state_dict(), strict=False)
+    if missing or unexpected:
+        raise ValueError(f"the backbone of {model_ref} does not match timm's {c.backbone} (missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]})")
+    data_config = {"input_size": (3, c.image_size, c.image_size), "mean": tuple(c.image_mean),
+                   "std": tuple(c.image_std), "crop_pct": 224 / 256}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        save_for_hf(plain.eval(), str(out), model_args=args, safe_serialization=True, data_config=data_config)
+    return out

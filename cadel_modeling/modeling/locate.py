@@ -1,0 +1,44 @@
+"""Where a model is: a model folder, the newest model of a run folder (stage 2 before stage 1), or a Hub model id
+(from the local cache, or downloaded into it)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+RUN_CONFIG_NAME = "run_config.yaml"  # the run config saved with every model's weights
+
+
+def is_hub_id(ref: str) -> bool:
+    return not Path(ref).exists() and not ref.startswith((".", "/", "~")) and ref.count("/") == 1
+
+
+def find_model_dir(ref: str) -> Path:
+    """A folder holding ``config.json`` + weights for ``ref``; a clear error when there is none."""
+    path = Path(ref)
+    if path.is_dir():
+        if (path / "config.json").exists():
+            return path
+        stage2 = sorted(path.glob("stage2_*/model/config.json"), key=lambda p: p.stat().st_mtime)
+        if stage2:
+            return stage2[-1].parent
+        if (path / "best_model" / "config.json").exists():
+            return path / "best_model"
+        raise FileNotFoundError(f"{path} holds no model (config.json) nor a run with best_model/ or stage2_*/model/")
+    if not is_hub_id(ref):
+        raise FileNotFoundError(f"no model folder at {ref}: pass a folder with config.json, a run folder, "
+                                f"or a Hub model id such as user/cadel-resnet50-imagenet-lt")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
+    try:
+        return Path(snapshot_download(ref))
+    except (HfHubHTTPError, HFValidationError, LocalEntryNotFoundError, OSError) as exc:
+        raise FileNotFoundError(f"{ref} is not a folder here and could not be fetched as a Hub model id "
+                                f"(offline runs need it in the local cache): {type(exc).__name__}") from exc
+
+
+def run_config_path(model_dir) -> Path:
+    """The run config saved with a model; an error naming the folder when it is missing."""
+    path = Path(model_dir) / RUN_CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{model_dir} has no {RUN_CONFIG_NAME}: it was not written by cadel, so the settings "
+                                f"it was trained with are unknown; pass --dataset/--data_dir/... explicitly")
+    return path

@@ -1,0 +1,69 @@
+"""Evaluate a model on a split: overall / many / medium / few accuracy, top-5, per-class accuracy, macro-F1, ECE
+and NLL for the model's inference rule (or chosen exits) before and after logit adjustment, for the other rule, each
+exit alone and the learned exit weights of stage 2; JSON (nested and HF-style flat), CSV and a plot.
+
+The network runs once over the split; every variant is computed from the gathered exit logits in memory.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Dict, Optional
+
+from ..config import RunConfig
+from ..data import DataOptions, build_datasets
+from ..data.loaders import LoaderSpec
+from ..inference import check_model_matches_data, predict_split, process_invariant_loader
+from ..metrics import format_table
+from ..modeling.factory import load_model
+from ..modeling.locate import find_model_dir
+from ..posthoc import selected_exits
+from ..results import write_report
+from ..training.accelerator import make_accelerator
+from ..utils.io import command_line
+from ..utils.logging import setup_logging
+from . import push
+from .stage2 import ENSEMBLE_FILE
+
+logger = logging.getLogger("cadel")
+
+
+def load_ensemble(model_dir) -> Optional[dict]:
+    """The learned exit weights saved by stage 2 in a model folder, or None."""
+    path = Path(model_dir) / ENSEMBLE_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def run(cfg: RunConfig) -> Dict[str, dict]:
+    accelerator = make_accelerator()
+    setup_logging(accelerator.is_main_process)
+    with accelerator.main_process_first():  # one Hub download and one dataset build; the others read the cache
+        model_dir = find_model_dir(cfg.eval_model)
+        data = build_datasets(DataOptions.from_config(cfg))
+    model = load_model(model_dir)
+    check_model_matches_data(model.config, data, str(model_dir))
+    rule = model.config.resolved_inference_rule
+    selected_exits(len(model.aux_exits) + 1, "sum" if rule == "weighted" else rule, cfg.eval_exits)  # fail early
+    ensemble = load_ensemble(model_dir)
+    loader, size = process_invariant_loader(data, cfg.eval_split, LoaderSpec.from_config(cfg),
+                                            accelerator.num_processes)
+    model, loader = accelerator.prepare(model, loader)
+    exit_logits, labels = predict_split(model, loader, accelerator, size, cfg.eval_split)
+    net = accelerator.unwrap_model(model)
+    local = Path(cfg.eval_model).is_dir()
+    out_dir = (Path(model_dir) if local else Path(cfg.output_dir)) / f"eval_{cfg.eval_split}"
+    test_agnostic = cfg.eval_test_agnostic
+    results = write_report(exit_logits, labels, net.config, data, out_dir, cfg.eval_split, exits=cfg.eval_exits,
+                           ensemble=ensemble, is_main=accelerator.is_main_process, test_agnostic=test_agnostic,
+                           provenance={"command": command_line(), "num_processes": accelerator.num_processes})
+    if accelerator.is_main_process:
+        print(f"\n{model_dir} on {cfg.dataset} {cfg.eval_split} ({len(labels)} images)")
+        print(format_table(results))
+        print(f"\nresults: {out_dir / 'results.json'}, per-class: {out_dir / 'per_class.csv'}, "
+              f"plot: {out_dir / 'per_class_accuracy.png'}")
+        if cfg.push_to_hub:  # a Hub model's results live in output_dir, outside the read-only cache
+            extra = {} if local else {"eval_dirs": [out_dir], "card_path": Path(cfg.output_dir) / "README.md"}
+            push(cfg, model_dir, repo_id=cfg.hub_model_id or (None if local else cfg.eval_model), **extra)
+    accelerator.wait_for_everyone()
+    return results

@@ -1,0 +1,255 @@
+"""Stage 1: joint training of the cascade with the confidence-bin loss; best epoch chosen on validation.
+
+Nothing of the output folder changes until every check has passed (configuration, data, model, the checkpoint to
+resume and its signature): a refused command leaves the folder byte-identical. Then the run claims the folder (a
+fresh run id, or the resumed run's), writes its config and trains; every save checks that all tensors are finite.
+"""
+from __future__ import annotations
+
+import logging
+import platform
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Optional
+
+import torch
+from accelerate import DataLoaderConfiguration
+from accelerate.data_loader import prepare_data_loader
+from accelerate.utils import set_seed
+
+from ..config import RunConfig
+from ..data import DataOptions, build_datasets, is_streamed
+from ..data.loaders import LoaderSpec, build_eval_loader, build_train_loader, streamed_steps_per_epoch
+from ..inference import predict
+from ..metrics import top1
+from ..modeling.costs import model_summary
+from ..modeling.factory import build_model, save_model
+from ..modeling.heads import adjust_logits, combine_exits
+from ..training.accelerator import enable_fast_kernels, make_accelerator
+from ..training.checkpointing import (
+    CheckpointError,
+    TrainState,
+    check_signature,
+    checkpoint_root,
+    latest_valid,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+    signature_of,
+    verify,
+)
+from ..training.loop import LoopOptions, NonFiniteLossError, train_one_epoch
+from ..training.losses import CascadeLoss
+from ..training.optim import OptimizerSpec, build_optimizer
+from ..training.preemption import Preempted, Preemption
+from ..utils.io import append_jsonl, command_line, read_json, read_jsonl, rewrite_jsonl, write_json
+from ..utils.logging import log_to_file, setup_logging
+from . import push
+
+logger = logging.getLogger("cadel")
+
+RUN_FILES = ("config.yaml", "run_info.json", "train_log.jsonl", "stage1_summary.json", "train.log")
+RUN_FOLDERS = ("checkpoints", "best_model", "last_model", "tracking")
+
+
+def selection_scores(exit_logits: torch.Tensor, model_config) -> torch.Tensor:
+    """Scores the original used to pick the best epoch: CNN raw last exit; ViT sum of exits with tau = 1."""
+    if model_config.resolved_inference_rule == "sum":
+        return adjust_logits(combine_exits(list(exit_logits), "sum"), model_config.class_counts, 1.0,
+                             num_terms=exit_logits.shape[0])
+    return exit_logits[-1]
+
+
+def folder_state(out: Path) -> str:
+    """'empty' (missing or empty), 'run' (a cadel run folder) or 'other' (holds files cadel did not write)."""
+    if not out.exists() or not any(out.iterdir()):
+        return "empty"
+    names = {p.name for p in out.iterdir()}
+    cadel = set(RUN_FILES) | set(RUN_FOLDERS) | {n for n in names if n.startswith(("stage2_", "eval_"))} | \
+        {"README.md"}
+    return "run" if names & {"config.yaml", "run_info.json", "checkpoints"} and names <= cadel else "other"
+
+
+def resume_target(cfg: RunConfig) -> Optional[Path]:
+    """The checkpoint to resume, checked (read-only); None for a fresh start."""
+    out = Path(cfg.output_dir)
+    if not cfg.resume_from_checkpoint:
+        return None
+    if cfg.resume_from_checkpoint != "latest":
+        path = Path(cfg.resume_from_checkpoint)
+        verify(path)
+        return path
+    run_id = read_json(out / "run_info.json").get("run_id") if (out / "run_info.json").is_file() else None
+    path = latest_valid(out, run_id)
+    if path is None and folder_state(out) != "empty":
+        found = "no valid checkpoint" if checkpoint_root(out).is_dir() else "no checkpoints/ folder"
+        raise CheckpointError(f"--resume_from_checkpoint latest: {out} holds {found} of its run to resume; pass "
+                              f"--overwrite_output_dir to start over there, or choose another --output_dir")
+    newest = list_checkpoints(out)[-1:]
+    if path is not None and [path] != newest:
+        logger.warning("resuming from %s, not the newest checkpoint folder %s (see the warnings above)", path.name,
+                       newest[0].name)
+    return path  # None on an empty folder: a fresh start, so 'latest' is safe in a restart loop
+
+
+def check_output_dir(cfg: RunConfig, resuming: bool) -> None:
+    """Refuse to write into a used output_dir unless resuming or told to overwrite (read-only)."""
+    out = Path(cfg.output_dir)
+    state = folder_state(out)
+    if state == "other":
+        raise FileExistsError(f"output_dir {out} holds files that cadel did not write; choose an empty or new "
+                              f"--output_dir (cadel never deletes files it does not know)")
+    if state == "run" and not (resuming or cfg.overwrite_output_dir):
+        raise FileExistsError(f"output_dir {out} already holds a run; pass --resume_from_checkpoint latest to "
+                              f"continue it, --overwrite_output_dir to start over there, or choose another "
+                              f"--output_dir")
+
+
+def claim_output_dir(cfg: RunConfig, accelerator, resuming: bool) -> Path:
+    """After every check: a fresh run removes what a previous run left there (``--overwrite_output_dir``)."""
+    out = Path(cfg.output_dir)
+    if accelerator.is_main_process:
+        if not resuming and folder_state(out) == "run":
+            shutil.rmtree(out)
+            logger.warning("--overwrite_output_dir: removed the previous run in %s (checkpoints, logs, models, "
+                           "stage-2 and evaluation folders)", out)
+        out.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+    return out
+
+
+def run_info(cfg: RunConfig, data, accelerator) -> dict:
+    import accelerate
+    import timm
+    import transformers
+    return {"run_id": cfg.run_id, "command": command_line(), "num_processes": accelerator.num_processes,
+            "mixed_precision": accelerator.mixed_precision, "device": str(accelerator.device),
+            "versions": {"python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__,
+                         "accelerate": accelerate.__version__, "transformers": transformers.__version__},
+            "class_names": data.class_names, "class_counts": data.class_counts, "data_notes": data.notes}
+
+
+def run(cfg: RunConfig) -> dict:
+    enable_fast_kernels()
+    accelerator = make_accelerator(gradient_accumulation_steps=cfg.grad_accum_steps,
+                                   dynamo_backend="inductor" if cfg.torch_compile else None,
+                                   dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
+    setup_logging(accelerator.is_main_process)
+    # -- checks: nothing is written before they all pass ------------------------------------------------------
+    resume_path = resume_target(cfg)
+    check_output_dir(cfg, resuming=resume_path is not None)
+    set_seed(cfg.seed)
+    with accelerator.main_process_first():
+        data = build_datasets(DataOptions.from_config(cfg))
+    model = build_model(cfg, data)
+    signature = signature_of(cfg, model.config)
+    if resume_path is not None:
+        check_signature(resume_path, signature)
+        cfg.run_id = read_json(resume_path / "cadel_checkpoint.json").get("run_id") or cfg.run_id
+    else:
+        cfg.run_id = uuid.uuid4().hex[:12]
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, OptimizerSpec.from_config(cfg))
+    loader_spec = LoaderSpec.from_config(cfg)
+    train_loader = build_train_loader(data, loader_spec, accelerator.num_processes)
+    val_loader = build_eval_loader(data, "val", loader_spec, accelerator.num_processes)
+    streamed = is_streamed(data.train)
+    if streamed:  # already split per process by the builder: accelerate must neither shard nor dispatch it again
+        model, optimizer, val_loader = accelerator.prepare(model, optimizer, val_loader)
+        train_loader = prepare_data_loader(train_loader, accelerator.device, num_processes=1, process_index=0,
+                                           put_on_device=True, dispatch_batches=False)
+        steps_per_epoch = streamed_steps_per_epoch(data, loader_spec, accelerator.num_processes)
+    else:
+        model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
+        steps_per_epoch = len(train_loader) // cfg.grad_accum_steps
+    if steps_per_epoch == 0:
+        raise ValueError(f"batch_size {cfg.batch_size} is larger than the training split "
+                         f"({data.num_train_images} images); lower --batch_size")
+    loss_fn = CascadeLoss(cfg.bins, cfg.gamma, cfg.base_weight, cfg.weight_mode, cfg.resolved_base_loss())
+    net = accelerator.unwrap_model(model)
+    state = TrainState()
+    if resume_path is not None:
+        load_checkpoint(resume_path, accelerator, model, optimizer, state)
+        if streamed and state.step_in_epoch:
+            raise CheckpointError("a streamed run resumes from epoch boundaries only; resume from an end-of-epoch "
+                                  "checkpoint (its cadel_checkpoint.json shows step_in_epoch 0)")
+    # -- the run claims its folder ----------------------------------------------------------------------------
+    out = claim_output_dir(cfg, accelerator, resuming=resume_path is not None)
+    log_path = out / "train_log.jsonl"
+    if accelerator.is_main_process:
+        log_to_file(out / "train.log")
+        cfg.save(out / "config.yaml")
+        write_json(out / "run_info.json", run_info(cfg, data, accelerator))
+        if resume_path is not None:  # drop records of epochs the resumed run redoes: one record per epoch
+            rewrite_jsonl(log_path, [r for r in read_jsonl(log_path) if r["epoch"] < state.epoch])
+            logger.info("resumed from %s at epoch %d, step %d", resume_path, state.epoch, state.step_in_epoch)
+        logger.info("%s cascade, parameters and MACs per image:\n%s", cfg.backbone,
+                    model_summary(net, cfg.image_size))
+    for note in data.notes:
+        logger.info(note)
+    meta = {**signature, "run_id": cfg.run_id}
+
+    def checkpoint():
+        save_checkpoint(accelerator, model, optimizer, state, out, cfg.keep_last_checkpoints, meta)
+
+    opts = LoopOptions.from_config(cfg)
+    try:
+        with Preemption() as preemption:
+            while state.epoch <= cfg.epochs:
+                t0 = time.time()
+                train_loader.set_epoch(state.epoch)
+                if hasattr(train_loader.dataset, "set_epoch"):  # per-row augmentation seeds; not always reached above
+                    train_loader.dataset.set_epoch(state.epoch)
+                stats = train_one_epoch(model, train_loader, optimizer, loss_fn, accelerator, opts, state,
+                                        steps_per_epoch=steps_per_epoch, preemption=preemption,
+                                        on_checkpoint=checkpoint)
+                if preemption.requested:
+                    path = save_checkpoint(accelerator, model, optimizer, state, out, cfg.keep_last_checkpoints,
+                                           meta)
+                    raise Preempted(f"stopped by {preemption.signal_name or 'a signal'} at epoch {state.epoch} step "
+                                    f"{state.step_in_epoch}; checkpoint {path} saved. Resume with: "
+                                    f"{command_line()} --resume_from_checkpoint latest")
+                val_logits, val_labels = predict(
+                    model, val_loader, accelerator, desc="val",
+                    exits=None if net.config.resolved_inference_rule == "sum" else [len(net.aux_exits) + 1])
+                val_acc = top1(selection_scores(val_logits, net.config), val_labels)
+                improved = val_acc > state.best_metric
+                if improved:
+                    state.best_metric, state.best_epoch = val_acc, state.epoch
+                    if accelerator.is_main_process:
+                        save_model(net, out / "best_model", cfg, cfg.augmentation)
+                if int(data.skipped_images):
+                    logger.warning("%d unreadable images skipped so far (--bad_image_policy skip)",
+                                   int(data.skipped_images))
+                record = {"epoch": state.epoch, **stats, "skipped_images": int(data.skipped_images),
+                          "val_top1": val_acc, "best_val_top1": state.best_metric, "best_epoch": state.best_epoch,
+                          "epoch_time_s": round(time.time() - t0, 2)}
+                logger.info("epoch %d/%d loss %.4f lr %.5f val top-1 %.2f%%%s", state.epoch, cfg.epochs,
+                            stats["train_loss"], stats["lr"], 100 * val_acc, " (best)" if improved else "")
+                if accelerator.is_main_process:
+                    append_jsonl(log_path, record)
+                state.epoch += 1
+                state.step_in_epoch = 0
+                checkpoint()
+    except NonFiniteLossError as exc:
+        last = latest_valid(out, cfg.run_id)
+        raise NonFiniteLossError(f"{exc}. Last good checkpoint: {last or 'none'}; best model so far: "
+                                 f"{out / 'best_model' if state.best_epoch else 'none'}") from exc
+    if accelerator.is_main_process:
+        save_model(net, out / "last_model", cfg, cfg.augmentation)
+    accelerator.wait_for_everyone()
+    rule = ("the tau=1 logit-adjusted sum of exits (ViT rule)" if net.config.resolved_inference_rule == "sum"
+            else "the raw last exit (CNN rule)")
+    summary = {"run_id": cfg.run_id, "best_val_top1": state.best_metric, "best_epoch": state.best_epoch,
+               "epochs": cfg.epochs, "skipped_steps": state.skipped_steps, "selection": f"val top-1 of {rule}"}
+    if accelerator.is_main_process:
+        write_json(out / "stage1_summary.json", summary)
+        if cfg.push_to_hub:  # after every local file is final; a failed push keeps them and exits non-zero
+            push(cfg, out / "best_model")
+    logger.info("stage 1 done: best val top-1 %.2f%% at epoch %d; model in %s", 100 * state.best_metric,
+                state.best_epoch, out / "best_model")
+    accelerator.end_training()
+    return summary

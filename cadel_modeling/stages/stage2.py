@@ -1,0 +1,137 @@
+"""Stage 2 from a stage-1 run, then learned exit weights; every choice is made on the validation split.
+
+- ``logit_adjustment`` (the original's whole stage 2): tau from the grid with the best validation top-1.
+- ``crt`` (classifier re-training, see ``crt.py``): the chosen exits' cosine classifiers re-trained class-balanced,
+  the best epoch kept; then tau on top (0 included, so adjustment is applied only when it helps on validation).
+- Both then search exit weights and a tau for the ensemble (``ensemble.json`` next to the weights); with
+  ``select_inference_rule`` the best of last exit / sum / learned weights on validation becomes the model's rule.
+
+The network runs once per split: logits (and, for cRT, the classifiers' input features) are gathered once and
+every candidate is scored in memory.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import List
+
+from ..config import RunConfig
+from ..data import DataOptions, build_datasets
+from ..data.loaders import LoaderSpec
+from ..inference import check_model_matches_data, predict_split, process_invariant_loader
+from ..metrics import format_table
+from ..modeling.factory import load_model, save_model
+from ..posthoc import pick_tau, search_exit_weights, selected_exits, selection_name, tau_sweep
+from ..results import write_report
+from ..training.accelerator import make_accelerator
+from ..utils.io import command_line, write_json
+from ..utils.logging import setup_logging
+from . import push
+from .crt import CRTOptions, retrain_classifiers
+
+logger = logging.getLogger("cadel")
+
+ENSEMBLE_FILE = "ensemble.json"  # learned exit weights and their tau, written next to the weights
+
+
+def tau_grid_for(cfg: RunConfig) -> List[float]:
+    """The configured grid; cRT also tries tau = 0 first (it may already be balanced), or only 0 when its
+    adjustment is turned off."""
+    grid = [float(t) for t in cfg.tau_grid]
+    if cfg.stage2_method != "crt":
+        return grid
+    if not cfg.crt_logit_adjustment:
+        return [0.0]
+    return [0.0] + [t for t in grid if t != 0.0]
+
+
+def choices_text(summary: dict, num_exits: int) -> str:
+    """What stage 2 chose, one line per decision, for the log and the printed report."""
+    lines = [f"stage 2 ({summary['method']}), every choice made on the validation split:"]
+    crt = summary.get("crt")
+    if crt:
+        lines.append(f"  cRT of exit{'s' if len(crt['exits']) > 1 else ''} {', '.join(map(str, crt['exits']))}: "
+                     f"best epoch {crt['best_epoch']}/{crt['epochs']} (val top-1 {100 * crt['best_val_top1']:.2f}%, "
+                     f"stage-1 classifiers {100 * crt['stage1_val_top1']:.2f}%), lr {crt['lr']:g}, batch "
+                     f"{crt['batch_size']}, class-balanced sampling")
+    sweep = ", ".join(f"{r['tau']:g}: {100 * r['top1']:.2f}" for r in summary["val_sweep"])
+    lines.append(f"  tau = {summary['tau']:g} for the {selection_name(tuple(summary['exits']), num_exits)} "
+                 f"(val top-1 per tau: {sweep})")
+    ens = summary.get("ensemble")
+    if ens:
+        rules = ", ".join(f"{name} {100 * v:.2f}%" for name, v in ens["rules_val_top1"].items())
+        lines.append(f"  learned exit weights {'/'.join(f'{w:.2f}' for w in ens['normalized_weights'])} with tau = "
+                     f"{ens['tau']:g}: val top-1 {100 * ens['val_top1']:.2f}% (best of the rules: {rules}; "
+                     f"{ens['num_candidates']} candidates, grid step {ens['grid_step']:g})")
+    return "\n".join(lines)
+
+
+def run(cfg: RunConfig) -> dict:
+    accelerator = make_accelerator()
+    setup_logging(accelerator.is_main_process)
+    stage1 = Path(cfg.stage1_dir)
+    model_dir = stage1 / "best_model"
+    if not (model_dir / "config.json").exists():
+        raise FileNotFoundError(f"{model_dir} has no model: run train_stage1.py with --output_dir {stage1} first")
+    out = stage1 / f"stage2_{cfg.stage2_method}"
+    with accelerator.main_process_first():
+        data = build_datasets(DataOptions.from_config(cfg))
+    if "val" not in data.splits:
+        raise ValueError(f"stage 2 chooses tau, epochs and exit weights on a 'val' split, which {cfg.dataset} "
+                         f"lacks; give the dataset a validation split (e.g. --val_per_class)")
+    model = load_model(model_dir)
+    check_model_matches_data(model.config, data, str(model_dir))
+    main_exits = selected_exits(len(model.aux_exits) + 1, model.config.resolved_inference_rule, cfg.eval_exits)
+    loader_spec = LoaderSpec.from_config(cfg)
+    if cfg.stage2_method == "crt":
+        logits, crt = retrain_classifiers(CRTOptions.from_config(cfg), accelerator, model, data, loader_spec,
+                                          eval_exits=cfg.eval_exits)
+        net = model
+    else:
+        loaders = {s: process_invariant_loader(data, s, loader_spec, accelerator.num_processes)
+                   for s in ("val", "test") if s in data.splits}
+        model, *prepared = accelerator.prepare(model, *(dl for dl, _ in loaders.values()))
+        logits = {s: predict_split(model, dl, accelerator, size, s)  # one pass per split
+                  for (s, (_, size)), dl in zip(loaders.items(), prepared)}
+        net, crt = accelerator.unwrap_model(model), None
+    rule = net.config.resolved_inference_rule
+    counts = net.config.class_counts
+    grid = tau_grid_for(cfg)
+    val_logits, val_labels = logits["val"]
+    num_exits = val_logits.shape[0]
+    sweep = tau_sweep(val_logits, val_labels, counts, grid, rule, cfg.eval_exits)
+    tau = pick_tau(sweep)
+    net.config.tau = tau
+    step = cfg.exit_weight_step
+    ensemble = search_exit_weights(val_logits.to(accelerator.device), val_labels, counts, grid, step, rule) \
+        if step else None
+    summary = {"method": cfg.stage2_method, "command": command_line(),
+               "num_processes": accelerator.num_processes,
+               "inference_rule": rule, "exits": list(main_exits),
+               "tau": tau, "tau_selected_on": "val", "tau_grid": grid, "val_top1": max(r["top1"] for r in sweep),
+               "val_sweep": sweep, "crt": crt, "ensemble": ensemble}
+    if accelerator.is_main_process:
+        print("\n" + choices_text(summary, num_exits))
+    if "test" in logits:
+        test_logits, test_labels = logits["test"]
+        summary["test_sweep"] = tau_sweep(test_logits, test_labels, counts, grid, rule, cfg.eval_exits)
+        results = write_report(test_logits, test_labels, net.config, data, out / "eval_test", "test",
+                               exits=cfg.eval_exits, ensemble=ensemble, is_main=accelerator.is_main_process,
+                               test_agnostic=cfg.eval_test_agnostic,
+                               provenance={k: summary[k] for k in ("command", "num_processes")})
+        summary["test"] = {name: {m: v for m, v in r.items() if m != "per_class_accuracy"}
+                           for name, r in results.items()}
+        if accelerator.is_main_process:
+            print("\ntest split:\n" + format_table(results))
+    if accelerator.is_main_process:
+        save_model(net, out / "model", cfg, cfg.augmentation)
+        if ensemble:
+            write_json(out / "model" / ENSEMBLE_FILE, {**ensemble, "selected_on": "val"})
+        else:  # a previous run's weights must not outlive the search being turned off
+            (out / "model" / ENSEMBLE_FILE).unlink(missing_ok=True)
+        write_json(out / "stage2_results.json", summary)
+        logger.info("stage 2 done: model with tau=%g in %s", tau, out / "model")
+        if cfg.push_to_hub:  # after every local file is final; a failed push logs and keeps them
+            push(cfg, out / "model")
+    accelerator.wait_for_everyone()
+    return summary
