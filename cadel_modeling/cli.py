@@ -69,8 +69,8 @@ def run_command(command: str, description: str, argv: Optional[Sequence[str]] = 
         print_preset_listing()
         return 0
     debug = "--debug" in argv
-    if os.environ.get("LOCAL_RANK") is not None:  # started by a launcher: never outlive it
-        from .training.preemption import die_with_parent
+    from .training.preemption import die_with_parent, started_by_a_launcher
+    if started_by_a_launcher():  # never outlive it
         die_with_parent()
     try:
         cfg = resolve_config(command, argv, description)

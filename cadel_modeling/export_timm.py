@@ -1,7 +1,7 @@
 """Export the backbone of a cadel model as a timm model folder (config.json + model.safetensors).
 
     cadel-export-timm runs/fashion_mnist_lt timm_backbone/
-    python -c "import timm; m = timm.create_model('local-dir:timm_backbone')"
+    python -c "import timm; m = timm.create_model('local-dir:timm_backbone', pretrained=True)"
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"wrote {out}: timm.create_model('local-dir:{out}')")
+    print(f"wrote {out}: timm.create_model('local-dir:{out}', pretrained=True)")
     return 0
 
 

@@ -9,9 +9,9 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from .data.loaders import LoaderSpec, build_eval_loader
+from .utils.logging import progress
 
 
 @torch.no_grad()
@@ -22,7 +22,7 @@ def predict(model, loader, accelerator, exits: Optional[Sequence[int]] = None, d
     was_training = net.training
     net.eval()
     logits, labels = [], []
-    for batch in tqdm(loader, desc=desc, disable=not accelerator.is_local_main_process, leave=False):
+    for batch in progress(loader, desc=desc, main=accelerator.is_local_main_process):
         with accelerator.autocast():
             outs = net.exit_logits(batch["pixel_values"], exits)
         stacked = torch.stack([o.float() for o in outs], dim=1)  # [B, K, C]: one gather for all exits

@@ -298,3 +298,50 @@ def test_imagefolder_without_train_folder(tmp_path):
     write_jpeg(tmp_path / "val" / "cat" / "0.jpg")
     with pytest.raises(FileNotFoundError, match=r"train/<class name>/<images>"):
         build_datasets(config(tmp_path, dataset="imagefolder"))
+
+
+def test_corrupt_validation_image_is_found_before_training(tmp_path):
+    write_split_lists(tmp_path)
+    lines = (tmp_path / "ImageNet_LT" / "ImageNet_LT_val.txt").read_text().split()
+    bad = tmp_path / lines[0]
+    corrupt(bad)
+    with pytest.raises(UnreadableImageError, match=rf"val: 1 of \d+ images cannot be read .*{bad.name}"):
+        build_datasets(config(tmp_path))  # at build time: no loader, no epoch
+    data = build_datasets(config(tmp_path, bad_image_policy="skip"))  # skip: left out of the evaluation split
+    assert len(data.splits["val"]) == len(lines) // 2 - 1
+    assert any("val: 1 unreadable images left out" in note for note in data.notes)
+
+
+def test_imagefolder_layout_problems_name_the_folders(tmp_path):
+    root = tmp_path / "folder"
+    for split, classes in (("train", ["cat", "dog"]), ("val", ["cat", "dog", "owl"])):
+        for c in classes:
+            write_jpeg(root / split / c / "a.jpg")
+    with pytest.raises(ValueError, match=r"val has class folders that train/ lacks: \['owl'\]"):
+        build_datasets(RunConfig(dataset="imagefolder", data_dir=str(root)))
+    write_jpeg(root / "train" / "loose.jpg")
+    with pytest.raises(ValueError, match=r"train holds images directly \(loose.jpg\); put each image in a folder "
+                                         r"named after its class"):
+        build_datasets(RunConfig(dataset="imagefolder", data_dir=str(root)))
+
+
+def test_a_balanced_imagefolder_made_long_tailed_with_the_builtin_profile(tmp_path):
+    from cadel_modeling.data import long_tailed_counts
+    root = tmp_path / "balanced"
+    names = [f"class{c}" for c in range(5)]
+    for c, name in enumerate(names):
+        for i in range(30):
+            write_jpeg(root / "train" / name / f"{i}.jpg", shade=(7 * c + i) % 50)
+        for i in range(4):
+            write_jpeg(root / "test" / name / f"{i}.jpg")
+    cfg = RunConfig(dataset="imagefolder", data_dir=str(root), imb_factor=10, val_per_class=5, seed=3)
+    data = build_datasets(cfg)
+    expected = long_tailed_counts(25, 5, 10)  # n_max = the smallest class (30) minus the 5 carved for val
+    assert data.class_counts == expected == [25, 14, 7, 4, 2]
+    assert data.class_names == names and data.train.features["label"].names == names
+    val_labels = data.splits["val"]["label"]
+    assert sorted(val_labels) == sorted(list(range(5)) * 5)  # 5 per class, from images training does not use
+    train_files = {row["image"].filename for row in data.train}
+    assert not train_files & {row["image"].filename for row in data.splits["val"]}
+    again = build_datasets(cfg)
+    assert [r["image"].filename for r in again.train] == [r["image"].filename for r in data.train]  # seeded

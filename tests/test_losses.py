@@ -274,3 +274,78 @@ def test_invalid_options_raise_value_error_naming_the_choices():
         CascadeLoss(base_loss="focal")
     with pytest.raises(ValueError, match="exit_logits is empty"):
         CascadeLoss()([], torch.zeros(2, dtype=torch.long))
+
+
+# ----------------------------------------------------------------------------------------------- balanced losses
+COUNTS = [60, 25, 9, 4, 2]
+
+
+def balanced_setup(seed=0, n=16):
+    gen = torch.Generator().manual_seed(seed)
+    z = (torch.randn(n, len(COUNTS), generator=gen) * 3).double().requires_grad_(True)
+    y = torch.randint(0, len(COUNTS), (n,), generator=gen)
+    return z, y
+
+
+def hand_balanced(z, y, kind, tau=1.0):
+    """Per-sample losses written from the papers' formulas in float64, independently of CascadeLoss."""
+    counts = torch.tensor(COUNTS, dtype=torch.float64)
+    prior = counts / counts.sum()
+    rows = torch.arange(len(y))
+    if kind == "logit_adjusted":          # Menon et al.: -log( e^{z_y + tau log pi_y} / sum_j e^{z_j + tau log pi_j} )
+        a = z + tau * prior.log()
+        return torch.logsumexp(a, 1) - a[rows, y]
+    if kind == "balanced_softmax":        # Ren et al.: -log( n_y e^{z_y} / sum_j n_j e^{z_j} )
+        num = counts[y] * z[rows, y].exp()
+        return -(num / (counts * z.exp()).sum(1)).log()
+    bias = (prior / (1 - prior)).log()    # LiVT's Bal-BCE: BCE on z + log(pi/(1-pi)), summed over classes
+    p = torch.sigmoid(z + bias)
+    onehot = torch.nn.functional.one_hot(y, len(COUNTS)).double()
+    return -(onehot * p.log() + (1 - onehot) * (1 - p).log()).sum(1)
+
+
+@pytest.mark.parametrize("kind", ["logit_adjusted", "balanced_softmax", "balanced_bce"])
+def test_balanced_base_losses_match_the_papers_formulas_in_value_and_gradient(kind):
+    z, y = balanced_setup()
+    # one exit, unit weights (gamma 0, base weight 1): the plain balanced loss, as the baselines train it
+    criterion = CascadeLoss(bins=8, gamma=0.0, base_weight=1.0, base_loss=kind, class_counts=COUNTS)
+    loss = criterion([z.float()], y, T=0.3)
+    expected = hand_balanced(z, y, kind).mean()
+    torch.testing.assert_close(loss.double(), expected, rtol=1e-5, atol=1e-6)
+    (grad,) = torch.autograd.grad(loss, z)
+    (expected_grad,) = torch.autograd.grad(expected, z)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-4, atol=1e-6)
+
+
+def test_logit_adjusted_loss_at_tau_one_is_balanced_softmax_and_tau_zero_is_ce():
+    z, y = balanced_setup(seed=1)
+    la = CascadeLoss(gamma=0.0, base_weight=1.0, base_loss="logit_adjusted", class_counts=COUNTS)([z.float()], y)
+    bs = CascadeLoss(gamma=0.0, base_weight=1.0, base_loss="balanced_softmax", class_counts=COUNTS)([z.float()], y)
+    torch.testing.assert_close(la, bs, rtol=1e-6, atol=1e-6)  # log(n_c) and log(pi_c) differ by a constant
+    la0 = CascadeLoss(gamma=0.0, base_weight=1.0, base_loss="logit_adjusted", class_counts=COUNTS, la_tau=0.0)
+    torch.testing.assert_close(la0([z.float()], y), F.cross_entropy(z.float(), y))
+    tau2 = CascadeLoss(gamma=0.0, base_weight=1.0, base_loss="logit_adjusted", class_counts=COUNTS, la_tau=2.0)
+    torch.testing.assert_close(tau2([z.float()], y).double(), hand_balanced(z, y, "logit_adjusted", 2.0).mean(),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_balanced_cascade_weights_use_the_adjusted_probabilities():
+    """In the cascade, a balanced base loss places samples in confidence bins by its own (adjusted) probability."""
+    z, y = balanced_setup(seed=2, n=32)
+    zs = [z.float().detach(), (z.float() * 0.5).detach()]
+    criterion = CascadeLoss(bins=8, gamma=1.0, base_weight=2.0, base_loss="balanced_softmax", class_counts=COUNTS)
+    loss = criterion(zs, y, T=0.0)
+    log_n = torch.log(torch.tensor(COUNTS, dtype=torch.float32))
+    expected, history = 0.0, []
+    for logits in zs:
+        adjusted = logits + log_n
+        per_sample = F.cross_entropy(adjusted, y, reduction="none")
+        history.append(adjusted.softmax(1).gather(1, y[:, None]).squeeze(1))
+        w = confidence_bin_weights(torch.stack(history).mean(0), 8, 1.0, 2.0)
+        expected = expected + (w * per_sample).mean()
+    torch.testing.assert_close(loss, expected)
+
+
+def test_balanced_losses_need_the_class_counts():
+    with pytest.raises(ValueError, match="class_counts"):
+        CascadeLoss(base_loss="balanced_softmax")

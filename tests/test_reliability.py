@@ -122,3 +122,164 @@ def test_two_processes_train_and_only_main_writes(tmp_path):
     assert info["num_processes"] == 2
     assert [r["epoch"] for r in log_of(out)] == [1]  # one writer: no duplicated records
     assert (out / "best_model" / "model.safetensors").exists()
+
+
+# ------------------------------------------------------------------------------------------------ Reliability II
+def checksums(folder):
+    import hashlib
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def cli(*args) -> int:
+    """The stage-1 command in this process, as a user runs it (exit code, one-line errors)."""
+    from cadel_modeling.train_stage1 import main
+    return main(TINY + [str(a) for a in args])
+
+
+def test_a_refused_resume_changes_no_file_and_stage2_reads_the_models_own_settings(reference_run, tmp_path):
+    import shutil
+
+    from cadel_modeling.cli import resolve_config
+    from cadel_modeling.config import STAGE2
+    run = tmp_path / "run"
+    shutil.copytree(reference_run, run)
+    before = checksums(run)
+    assert cli("--output_dir", run, "--resume_from_checkpoint", "latest", "--image_size", "48") == 2
+    assert checksums(run) == before  # config.yaml, run_info.json, logs, models: byte-identical
+    # whatever happens to config.yaml later, stage 2 evaluates with the settings saved with the model
+    (run / "config.yaml").write_text((run / "config.yaml").read_text().replace("image_size: 32", "image_size: 48"))
+    assert resolve_config(STAGE2, ["--stage1_dir", str(run)], "").image_size == 32
+
+
+def test_overwrite_is_a_clean_start_and_latest_resumes_only_this_run(tmp_path, caplog):
+    import shutil
+    out = tmp_path / "run"
+    stage1.run(tiny(out, "--epochs", "3"))
+    (out / "stage2_logit_adjustment").mkdir()
+    (out / "stage2_logit_adjustment" / "stage2_results.json").write_text("{}")
+    old_run = json.loads((out / "run_info.json").read_text())["run_id"]
+    old_checkpoint = tmp_path / "old_checkpoint"
+    shutil.copytree(list_checkpoints(out)[-1], old_checkpoint)
+
+    stage1.run(tiny(out, "--epochs", "1", "--overwrite_output_dir"))
+    new_run = json.loads((out / "run_info.json").read_text())["run_id"]
+    assert new_run != old_run and not (out / "stage2_logit_adjustment").exists()
+    assert [r["epoch"] for r in log_of(out)] == [1]
+    assert [json.loads((c / "cadel_checkpoint.json").read_text())["run_id"] for c in list_checkpoints(out)] == \
+        [new_run]
+    # a checkpoint of the old run, put back with a later step number, is not what 'latest' resumes
+    shutil.copytree(old_checkpoint, out / "checkpoints" / "step_99999999")
+    with caplog.at_level("WARNING"):
+        stage1.run(tiny(out, "--epochs", "2", "--resume_from_checkpoint", "latest"))
+    assert f"belongs to run {old_run}" in caplog.text
+    assert [r["epoch"] for r in log_of(out)] == [1, 2]
+    assert json.loads((out / "run_info.json").read_text())["run_id"] == new_run
+
+
+def test_a_diverged_run_exits_nonzero_and_nothing_nonfinite_is_saved(tmp_path, capsys):
+    out = tmp_path / "diverged"
+    assert cli("--output_dir", out, "--lr", "1e6", "--epochs", "3", "--checkpointing_steps", "2") == 3
+    err = capsys.readouterr().err
+    assert "training diverged" in err and "Last good checkpoint" in err
+    saved = list(out.rglob("*.safetensors"))
+    for path in saved:
+        assert all(torch.isfinite(t).all() for t in load_file(str(path)).values()), path
+    for path in out.rglob("optimizer.pt"):
+        state = torch.load(path, weights_only=True)["state"]
+        assert all(torch.isfinite(v).all() for s in state.values() for v in s.values() if torch.is_tensor(v)), path
+
+
+def test_a_skipped_step_leaves_weights_buffers_and_optimizer_exactly_as_before(monkeypatch):
+    """Two epochs from the same start: one step, and that step plus a step whose loss is NaN. The states match."""
+    from cadel_modeling.config import RunConfig
+    from cadel_modeling.modeling import CadelConfig, CadelForImageClassification
+    from cadel_modeling.training.accelerator import make_accelerator
+    from cadel_modeling.training.checkpointing import TrainState
+    from cadel_modeling.training.loop import LoopOptions, train_one_epoch
+    from cadel_modeling.training.optim import OptimizerSpec, build_optimizer
+
+    accelerator = make_accelerator()
+    gen = torch.Generator().manual_seed(0)
+    batches = [{"pixel_values": torch.randn(8, 3, 32, 32, generator=gen), "labels": torch.arange(8) % 4}
+               for _ in range(2)]
+    cfg = RunConfig(backbone="test_resnet", image_size=32, aux_head="light", epochs=2, mixup_alpha=0.0, lr=0.1)
+
+    def run(steps, nan_at=None):
+        torch.manual_seed(0)
+        model = CadelForImageClassification(CadelConfig(backbone="test_resnet", num_labels=4, image_size=32,
+                                                        aux_head="light", class_counts=[4, 3, 2, 1]))
+        optimizer = build_optimizer(model, OptimizerSpec.from_config(cfg))
+        calls = {"n": 0}
+        base = CascadeLoss()
+
+        def loss_fn(*args, **kwargs):
+            calls["n"] += 1
+            loss = base(*args, **kwargs)
+            return loss * float("nan") if calls["n"] == nan_at else loss
+
+        state = TrainState()
+        stats = train_one_epoch(model, batches[:steps], optimizer, loss_fn, accelerator, LoopOptions.from_config(cfg),
+                                state, steps_per_epoch=steps)
+        return model.state_dict(), optimizer.state_dict()["state"], state, stats
+
+    ref_model, ref_opt, _, ref_stats = run(1)
+    got_model, got_opt, state, stats = run(2, nan_at=2)
+    assert state.skipped_steps == 1 and stats["steps_taken"] == 1 and stats["train_loss"] == ref_stats["train_loss"]
+    assert ref_model.keys() == got_model.keys() and any("running_mean" in k for k in ref_model)
+    for name in ref_model:  # parameters and BatchNorm statistics (which the NaN forward pass had updated)
+        assert torch.equal(ref_model[name], got_model[name]), name
+    for index in ref_opt:
+        assert all(torch.equal(ref_opt[index][k], got_opt[index][k]) for k in ref_opt[index]), index
+
+
+def test_resume_never_runs_code_from_a_checkpoint_folder(reference_run, tmp_path):
+    import pickle
+    import shutil
+    marker = tmp_path / "code_ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    run = tmp_path / "run"
+    shutil.copytree(reference_run, run)
+    checkpoint = list_checkpoints(run)[-1]
+    (checkpoint / "custom_checkpoint_0.pkl").write_bytes(pickle.dumps(Payload()))
+    assert cli("--output_dir", run, "--resume_from_checkpoint", checkpoint) == 2
+    (checkpoint / "custom_checkpoint_0.pkl").unlink()
+    (checkpoint / "optimizer.pt").write_bytes(pickle.dumps({"state": Payload()}))  # an expected file name
+    assert cli("--output_dir", run, "--resume_from_checkpoint", checkpoint) == 2
+    assert not marker.exists()
+
+
+def test_a_crafted_cifar_batch_is_refused_without_running_it(tmp_path):
+    import pickle
+
+    from test_data_cifar import write_cifar10_pickles
+
+    from cadel_modeling.config import RunConfig
+    from cadel_modeling.data import build_datasets
+    marker = tmp_path / "code_ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    write_cifar10_pickles(tmp_path)
+    (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(pickle.dumps({b"data": Payload()}))
+    with pytest.raises(ValueError, match="test_batch is not a CIFAR python batch file .* refused without running it"):
+        build_datasets(RunConfig(dataset="cifar10_lt", data_dir=str(tmp_path)))
+    assert not marker.exists()
+
+
+def test_a_corrupt_checkpoint_is_named_and_latest_falls_back(reference_run, tmp_path, caplog):
+    import shutil
+    run = tmp_path / "run"
+    shutil.copytree(reference_run, run)
+    older, newest = list_checkpoints(run)[-2:]
+    (newest / "model.safetensors").write_bytes(b"not a safetensors file")
+    with caplog.at_level("WARNING"):
+        stage1.run(tiny(run, "--resume_from_checkpoint", "latest", "--epochs", "2"))
+    assert f"skipping {newest.name}: checkpoint {newest} is corrupt" in caplog.text
+    assert f"resuming from {older.name}" in caplog.text

@@ -129,8 +129,8 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Keeps the docstring's layout; wide enough that most flags take one line."""
 
     def __init__(self, prog):
-        width = max(100, min(shutil.get_terminal_size().columns, 140))
-        super().__init__(prog, width=width, max_help_position=36)
+        width = max(120, min(shutil.get_terminal_size().columns, 160))
+        super().__init__(prog, width=width, max_help_position=32)
 
 
 def _metavar(key: str) -> str:
@@ -141,7 +141,8 @@ def _metavar(key: str) -> str:
 
 def build_parser(command: str, description: str) -> argparse.ArgumentParser:
     """The flags of ``command`` in its groups, defaults shown, aliases hidden but accepted (as timm's train.py)."""
-    parser = argparse.ArgumentParser(description=description, formatter_class=_HelpFormatter, allow_abbrev=False)
+    parser = argparse.ArgumentParser(description=description, formatter_class=_HelpFormatter, allow_abbrev=False,
+                                     usage="%(prog)s [--config PRESET|FILE] [--KEY VALUE ...]")
     parser.add_argument("-c", "--config", default=None, metavar="PRESET|FILE",
                         help="a preset (imagenet_lt, inat18, places_lt = the paper's CNN rows; *_vit = its ViT-B/16 "
                              "224 rows; --list_presets shows all) or a YAML file; flags override it")
@@ -157,8 +158,8 @@ def build_parser(command: str, description: str) -> argparse.ArgumentParser:
         kind, _ = _kind(name)
         bare = {"nargs": "?", "const": "true"} if kind == "bool" else {}
         aliases = fld.metadata["aliases"]
-        shown = f"{fld.metadata['help']} (default: {default}" + \
-            "".join(f"; alias --{a}" for a in aliases) + ")"
+        notes = ([] if default in (None, {}, "") else [f"default {default}"]) + [f"alias --{a}" for a in aliases]
+        shown = fld.metadata["help"] + (f" [{'; '.join(notes)}]" if notes else "")
         group.add_argument(f"--{name}", dest=name, default=argparse.SUPPRESS, metavar=_metavar(name),
                            type=yaml.safe_load, help=shown, **bare)
         hidden = [f"--{name.replace('_', '-')}"] if "_" in name else []

@@ -50,7 +50,7 @@ class RunConfig:
     output_dir: str = _f("runs/fashion_mnist_lt", "Run", "where checkpoints, logs, configs and results go",
                          commands=(STAGE1, EVALUATE))
     seed: int = _f(0, "Run", "seed of data order, augmentation, mixup and initialisation")
-    overwrite_output_dir: bool = _f(False, "Run", "start over in a used output_dir (the previous run is moved aside)")
+    overwrite_output_dir: bool = _f(False, "Run", "start over in a used output_dir (removes the previous run's files)")
     resume_from_checkpoint: Optional[str] = _f(None, "Run", "'latest' or a checkpoint folder to resume from")
     checkpointing_steps: Optional[int] = _f(None, "Run", "also checkpoint every N optimizer steps (always per epoch)")
     keep_last_checkpoints: int = _f(2, "Run", "resumable checkpoints to keep")
@@ -145,7 +145,7 @@ class RunConfig:
     # ---------------------------------------------------------------- optimisation
     optimizer: str = _f("sgd", "Optimizer", "sgd (CNN recipe) or adamw with layer-wise decay (ViT)",
                         ["sgd", "adamw"])
-    lr: float = _f(0.025, "Optimizer", "learning rate (not scaled by batch size, as in the original)",
+    lr: float = _f(0.025, "Optimizer", "learning rate (not scaled by the batch size, as the original)",
                    aliases=("learning_rate",))
     backbone_lr: Optional[float] = _f(None, "Optimizer", "backbone learning rate (default lr; Places-LT R152: 0)")
     momentum: float = _f(0.9, "Optimizer", "SGD momentum")

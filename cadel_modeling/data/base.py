@@ -8,9 +8,10 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, SkipCounter
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, SkipCounter, UnreadableImageError, load_image, undecoded
 
 MISSING_SHOWN = 5
+DECODE_THREADS = 8
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class DataOptions:
     streaming: bool = False
     shuffle_buffer: int = 10000
     num_workers: int = 2
+    bad_image_policy: str = "fail"
 
     @classmethod
     def from_config(cls, cfg) -> DataOptions:
@@ -53,6 +55,7 @@ class LongTailedData:
     label_column: str = "label"
     color_jitter: Optional[float] = None            # set by datasets trained without it (iNat18: 0), else cfg's
     skipped_images: SkipCounter = field(default_factory=SkipCounter)  # unreadable images skipped by the loaders
+    trusted_images: bool = False                    # images the builder encoded itself (no decode check needed)
 
     @property
     def num_classes(self) -> int:
@@ -106,3 +109,52 @@ def is_streamed(dataset) -> bool:
     return isinstance(dataset, IterableDataset)
 
 
+
+
+def _unreadable(cell) -> Optional[str]:
+    """None when the image decodes (JPEGs at reduced size: a truncated file still fails), else why not."""
+    try:
+        load_image(cell, draft=(64, 64))
+        return None
+    except UnreadableImageError as exc:
+        return str(exc)
+
+
+def drop_or_refuse_unreadable(split, data: LongTailedData, name: str, policy: str):
+    """Decode every image of an evaluation split now. 'fail': an error naming the unreadable files; 'skip': the
+    split without them (an evaluation must not stand in another image for a broken one), noted in ``data.notes``."""
+    if is_streamed(split):
+        return split
+    from concurrent.futures import ThreadPoolExecutor
+    cells = undecoded(split, data.image_column)[data.image_column]
+    with ThreadPoolExecutor(DECODE_THREADS) as pool:
+        problems = list(pool.map(_unreadable, cells))
+    bad = [i for i, p in enumerate(problems) if p is not None]
+    if not bad:
+        return split
+    shown = "; ".join(problems[i] for i in bad[:MISSING_SHOWN])
+    if policy != "skip":
+        raise UnreadableImageError(f"{name}: {len(bad)} of {len(problems)} images cannot be read ({shown}). Replace "
+                                   f"or delete them (and their split-list lines), or pass --bad_image_policy skip "
+                                   f"to leave them out of the {name} split")
+    data.notes.append(f"{name}: {len(bad)} unreadable images left out ({shown})")
+    keep = sorted(set(range(len(problems))) - set(bad))
+    return split.select(keep)
+
+
+def label_names(data: LongTailedData) -> None:
+    """Give every map-style split a ``ClassLabel`` label feature with the class names (kept when it has one)."""
+    from datasets import ClassLabel
+    names = [str(n) for n in data.class_names]
+    if len(set(names)) != len(names):  # ClassLabel needs distinct names
+        names = [f"{n} ({i})" for i, n in enumerate(names)]
+    feature = ClassLabel(names=names)
+    for key in ["train"] + list(data.splits):
+        split = data.train if key == "train" else data.splits[key]
+        if is_streamed(split) or isinstance(split.features.get(data.label_column), ClassLabel):
+            continue
+        cast = split.cast_column(data.label_column, feature)
+        if key == "train":
+            data.train = cast
+        else:
+            data.splits = {k: (cast if v is split else v) for k, v in data.splits.items()}

@@ -30,9 +30,29 @@ CIFAR = {
 }
 
 
+class DataOnlyUnpickler(pickle.Unpickler):
+    """Unpickles only what CIFAR's python batches hold: dicts, lists, bytes, numbers and numpy arrays. Any other
+    class a file names (a crafted file's ``os.system``, say) is refused before it is looked up, so nothing runs."""
+
+    ALLOWED = {(module, name) for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+               for name in ("_reconstruct", "scalar")} | {("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not data")
+
+
 def _unpickle(path: Path) -> dict:
-    with open(path, "rb") as fh:
-        return {k.decode() if isinstance(k, bytes) else k: v for k, v in pickle.load(fh, encoding="bytes").items()}
+    try:
+        with open(path, "rb") as fh:
+            data = DataOnlyUnpickler(fh, encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError) as exc:
+        raise ValueError(f"{path} is not a CIFAR python batch file ({exc}); it was refused without running it. "
+                         f"Download the python version from www.cs.toronto.edu/~kriz/cifar.html again") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} holds a {type(data).__name__}, not a CIFAR batch dict")
+    return {k.decode() if isinstance(k, bytes) else k: v for k, v in data.items()}
 
 
 def find_pickles(spec: dict, data_dir) -> Optional[Path]:
@@ -104,7 +124,7 @@ def build_cifar_lt(cfg, name: str):
     return LongTailedData(
         train=take(train_images, train_labels, train_idx),
         splits={"val": take(train_images, train_labels, val_idx) if cfg.val_per_class > 0 else test, "test": test},
-        class_names=list(class_names), mean=CIFAR_MEAN, std=CIFAR_STD,
+        class_names=list(class_names), mean=CIFAR_MEAN, std=CIFAR_STD, trusted_images=source != spec["hub"],
         notes=[f"{spec['title']} (LDAM-DRW profile) from {source}: {cfg.imb_type} profile, n_max={n_max}, "
                f"IF={imb_factor:g}, {len(train_idx)} training images, subset seed {SUBSET_SEED} whatever the run "
                f"seed; {val_note}; test = the balanced {len(test)}-image test set"])

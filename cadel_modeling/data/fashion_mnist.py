@@ -76,6 +76,6 @@ def build_fashion_mnist_lt(opts):
     return LongTailedData(
         train=make(x_train[train_idx], y_train[train_idx]),
         splits={"val": make(x_train[val_idx], y_train[val_idx]), "test": make(x_test, y_test)},
-        class_names=list(CLASS_NAMES), mean=MEAN, std=STD,
+        class_names=list(CLASS_NAMES), mean=MEAN, std=STD, trusted_images=True,
         notes=[f"Fashion-MNIST-LT: {opts.imb_type} profile, n_max={n_max}, IF={imb_factor:g}, seed={opts.seed}; "
                f"val = {opts.val_per_class}/class from unused training images; test = the balanced 10k test set"])

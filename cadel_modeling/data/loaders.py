@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .base import is_streamed, label_array
+from .gpu_augment import EncodedImages, collate_encoded
 from .samplers import make_sampler
 from .streaming import min_examples_per_process, split_for_process
 from .transforms import (
@@ -39,6 +40,7 @@ class LoaderSpec:
     sampler: str = "instance"
     seed: int = 0
     bad_image_policy: str = "fail"
+    decode_on_gpu: bool = False
 
     @classmethod
     def from_config(cls, cfg) -> LoaderSpec:
@@ -82,6 +84,14 @@ def build_train_loader(data, spec: LoaderSpec, num_processes: int, process_index
         workers = _workers(spec.num_workers, stream)
         return DataLoader(ds, batch_size=batch, drop_last=True, collate_fn=collate, num_workers=workers,
                           persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
+    if spec.decode_on_gpu:  # the workers only read files; the loop decodes and augments (gpu_augment.py)
+        if spec.augmentation != "imagenet":
+            raise ValueError(f"--decode_on_gpu runs the 'imagenet' augmentation on the device; --augmentation "
+                             f"{spec.augmentation} runs on the CPU (drop --decode_on_gpu)")
+        sampler = make_sampler(spec.sampler, label_array(data.train, data.label_column), seed=spec.seed)
+        return DataLoader(EncodedImages(data.train, data.image_column, data.label_column), batch_size=batch,
+                          shuffle=sampler is None, sampler=sampler, drop_last=True, collate_fn=collate_encoded,
+                          num_workers=spec.num_workers, persistent_workers=False)
     ds = EpochSeededAugmentation(with_image_transform(data.train, tfm, data.image_column, data.label_column,
                                                       **policy), seed=spec.seed)
     sampler = make_sampler(spec.sampler, label_array(data.train, data.label_column), seed=spec.seed)

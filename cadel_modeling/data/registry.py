@@ -9,8 +9,10 @@ from .base import (
     LongTailedData,
     check_image_files,
     count_labels,
+    drop_or_refuse_unreadable,
     is_streamed,
     label_array,
+    label_names,
     validate_labels,
 )
 from .cifar import build_cifar10_lt, build_cifar100_lt
@@ -32,7 +34,12 @@ DATASET_BUILDERS: Dict[str, Callable] = {
 
 
 def build_datasets(opts: DataOptions) -> LongTailedData:
-    """Build ``opts.dataset``, check it before training, and fill in the training counts per class."""
+    """Build ``opts.dataset``, check it before training, and fill in the training counts per class.
+
+    Besides labels and files, every image of the evaluation splits is decoded now (in threads, at reduced size for
+    JPEGs), so a corrupt validation or test image stops the run before the first epoch, not after it; with
+    ``bad_image_policy="skip"`` those images are left out of the split and the notes say how many.
+    """
     cfg = opts
     if cfg.dataset not in DATASET_BUILDERS:
         close = difflib.get_close_matches(cfg.dataset, list(DATASET_BUILDERS), n=1)
@@ -62,6 +69,13 @@ def build_datasets(opts: DataOptions) -> LongTailedData:
         shown = ", ".join(f"class {i} {data.class_names[i]!r}" for i in empty[:5])
         raise ValueError(f"{len(empty)} classes have no training image ({shown}); the logit-adjustment prior needs "
                          f"every class: fix the split or drop those classes")
+    if not data.trusted_images:
+        done = {}  # val and test may be one split (CIFAR-LT, iNat18): check it once
+        for name, split in data.splits.items():
+            if id(split) not in done:
+                done[id(split)] = drop_or_refuse_unreadable(split, data, name, opts.bad_image_policy)
+            data.splits[name] = done[id(split)]
+    label_names(data)
     if cfg.streaming and not is_streamed(data.train):
         data.train = stream_train_split(data.train, cfg)
         data.notes.append(f"train split streamed in {data.train.num_shards} shards, "

@@ -58,9 +58,10 @@ class UnreadableImageError(RuntimeError):
     """An image file that is missing, truncated or not an image."""
 
 
-def load_image(value) -> PILImage.Image:
+def load_image(value, draft: Optional[tuple] = None) -> PILImage.Image:
     """Decode one image cell: a path, an undecoded ``datasets.Image`` cell ``{"bytes", "path"}``, an array or a PIL
-    image. Decoding is forced here, so a truncated file fails now and names its path."""
+    image. Decoding is forced here, so a truncated file fails now and names its path. ``draft`` lets JPEGs decode at
+    a reduced size (a check, not for training)."""
     if isinstance(value, PILImage.Image):
         return value
     if isinstance(value, np.ndarray):
@@ -71,6 +72,8 @@ def load_image(value) -> PILImage.Image:
             from datasets import Image
             return Image().decode_example({"path": path, "bytes": None})
         image = PILImage.open(io.BytesIO(data) if data is not None else path)
+        if draft is not None:
+            image.draft("RGB", draft)
         image.load()
         return image
     except (OSError, ValueError, SyntaxError) as exc:
@@ -167,6 +170,11 @@ def map_image_transform(dataset, transform: Callable, image_column: str = "image
                       batched=True, batch_size=batch_size, remove_columns=columns)
 
 
+def row_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of one training image's augmentation in one epoch (CPU and device pipelines alike)."""
+    return (seed * 1_000_003 + epoch * 2_654_435_761 + int(index)) % (2 ** 63)
+
+
 class EpochSeededAugmentation(torch.utils.data.Dataset):
     """Random augmentation as a pure function of (seed, epoch, row): the same image gets the same crop whichever
     process, worker or resumed run loads it, and the global RNG (dropout, mixup) is left untouched. This is what
@@ -183,11 +191,11 @@ class EpochSeededAugmentation(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int):
-        row_seed = (self.seed * 1_000_003 + self.epoch * 2_654_435_761 + int(index)) % (2 ** 63)
+        seed = row_seed(self.seed, self.epoch, index)
         state = random.getstate()
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(row_seed)
-            random.seed(row_seed)
+            torch.manual_seed(seed)
+            random.seed(seed)
             try:
                 return self.dataset[index]
             finally:

@@ -12,6 +12,7 @@ logger = logging.getLogger(__name__)
 
 SPLIT_NAMES = {"train": "train", "validation": "val", "valid": "val", "val": "val", "test": "test"}
 COUNT_FILE = "num_shots.npz"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
 def _check_columns(split_name: str, column_names, image_column: str, label_column: str, source: str) -> None:
@@ -71,14 +72,72 @@ def from_splits(splits: Mapping, image_column: str, label_column: str, source: s
                                  f"{num_classes} classes"] + notes)
 
 
-def build_imagefolder(cfg):
+def check_imagefolder_layout(root: Path) -> None:
+    """Every split folder holds one folder per class and nothing else of note, and its classes are train's."""
+    classes = {}
+    for split in [d for d in SPLIT_NAMES if (root / d).is_dir()]:
+        folder = root / split
+        loose = sorted(p.name for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if loose:
+            shown = ", ".join(loose[:3]) + (", ..." if len(loose) > 3 else "")
+            raise ValueError(f"{folder} holds images directly ({shown}); put each image in a folder named after its "
+                             f"class: {folder}/<class>/<image>")
+        classes[split] = {p.name for p in folder.iterdir() if p.is_dir()}
+        if not classes[split]:
+            raise ValueError(f"{folder} has no class folders; the layout is {folder}/<class>/<image>")
+    train = classes["train"]
+    for split, found in classes.items():
+        extra = sorted(found - train)
+        if extra:
+            raise ValueError(f"{root / split} has class folders that train/ lacks: {extra[:10]}"
+                             f"{' ...' if len(extra) > 10 else ''}; every class needs training images (fix the folder "
+                             f"names, or remove those folders)")
+        missing = sorted(train - found)
+        if missing:
+            logger.warning("%s has no images of %d classes (%s%s); their per-class accuracy on it is missing",
+                           root / split, len(missing), ", ".join(missing[:5]), " ..." if len(missing) > 5 else "")
+
+
+def build_imagefolder(opts):
     """``data_dir/train/<class>/<image>`` (+ optional ``val/``, ``test/`` with the same class folders)."""
     from datasets import load_dataset
-    if not cfg.data_dir or not (Path(cfg.data_dir) / "train").is_dir():
+    if not opts.data_dir or not (Path(opts.data_dir) / "train").is_dir():
         raise FileNotFoundError(f"the imagefolder dataset needs --data_dir holding train/<class name>/<images> (and "
-                                f"optionally val/ and test/ with the same class folders); got {cfg.data_dir!r}")
-    return from_splits(load_dataset("imagefolder", data_dir=cfg.data_dir), "image", "label",
-                       f"imagefolder {cfg.data_dir}")
+                                f"optionally val/ and test/ with the same class folders); got {opts.data_dir!r}")
+    check_imagefolder_layout(Path(opts.data_dir))
+    data = from_splits(load_dataset("imagefolder", data_dir=opts.data_dir), "image", "label",
+                       f"imagefolder {opts.data_dir}")
+    return make_long_tailed(data, opts)
+
+
+def make_long_tailed(data, opts):
+    """With ``opts.imb_factor``: the training split subsampled to the long-tailed profile of the built-in datasets
+    (seeded per class, ``n_max`` defaulting to the smallest class), and, when the data has no validation split,
+    ``val_per_class`` images per class carved from the images left over. Without: the data as it is."""
+    from .base import label_array
+    from .long_tail import long_tailed_counts, subsample_long_tailed
+    if opts.imb_factor is None:
+        return data
+    has_val = data.splits["val"] is not data.splits["test"]
+    labels = label_array(data.train, data.label_column)
+    available = np.bincount(labels, minlength=data.num_classes)
+    carve = 0 if has_val else opts.val_per_class
+    n_max = opts.n_max or int(available.min()) - carve
+    if n_max < 1:
+        raise ValueError(f"the smallest class has {int(available.min())} training images, too few to keep "
+                         f"{carve} for validation; lower --val_per_class or pass --n_max")
+    counts = long_tailed_counts(n_max, data.num_classes, opts.imb_factor, opts.imb_type, data.class_names)
+    train_idx, val_idx = subsample_long_tailed(labels, counts, seed=opts.seed, val_per_class=carve,
+                                               class_names=data.class_names)
+    splits = dict(data.splits)
+    if carve:
+        splits["val"] = data.train.select(np.sort(val_idx))
+    data.train = data.train.select(np.sort(train_idx))
+    data.splits = splits
+    data.notes.append(f"made long-tailed: {opts.imb_type} profile, n_max={n_max}, IF={opts.imb_factor:g}, seed "
+                      f"{opts.seed} ({len(train_idx)} training images)"
+                      + (f"; val = {carve}/class from unused training images" if carve else ""))
+    return data
 
 
 def read_count_file(path) -> list:
@@ -102,7 +161,8 @@ def stream_hub(cfg, path: str):
     from datasets import get_dataset_split_names, load_dataset
 
     from .base import LongTailedData, label_array
-    train = load_dataset(path, split="train", streaming=True)
+    train = load_dataset(path, cfg.hub_dataset_config, split="train", streaming=True,
+                         revision=cfg.hub_dataset_revision)
     _check_columns("train", train.column_names or [], cfg.image_column, cfg.label_column, path)
     count_file = Path(cfg.data_dir) / COUNT_FILE if cfg.data_dir else None
     if count_file is not None and count_file.is_file():
@@ -111,7 +171,8 @@ def stream_hub(cfg, path: str):
         logger.info("counting the labels of the streamed train split of %s (one pass over its label column; a %s in "
                     "--data_dir gives them without it)", path, COUNT_FILE)
         counts, how = count_stream_labels(train, cfg.label_column), "class counts from one pass over the labels"
-    named = {SPLIT_NAMES[s]: load_dataset(path, split=s) for s in get_dataset_split_names(path)
+    named = {SPLIT_NAMES[s]: load_dataset(path, cfg.hub_dataset_config, split=s, revision=cfg.hub_dataset_revision)
+             for s in get_dataset_split_names(path, cfg.hub_dataset_config, revision=cfg.hub_dataset_revision)
              if SPLIT_NAMES.get(s) in ("val", "test")}
     for name, ds in named.items():
         _check_columns(name, ds.column_names, cfg.image_column, cfg.label_column, path)
@@ -126,16 +187,21 @@ def stream_hub(cfg, path: str):
                           label_column=cfg.label_column, notes=[f"{path}: train split streamed; {how}"] + notes)
 
 
-def build_hub(cfg):
-    """``cfg.hub_dataset_id``: a Hub dataset id, a folder written by ``save_to_disk``, or a local data folder."""
+def build_hub(opts):
+    """``opts.hub_dataset_id``: a Hub dataset id (with ``hub_dataset_config`` / ``hub_dataset_revision``), a folder
+    written by ``save_to_disk``, or a local data folder."""
     from datasets import load_dataset, load_from_disk
-    path = cfg.hub_dataset_id
+    path = opts.hub_dataset_id
     if not path:
         raise ValueError("--dataset hub needs --hub_dataset_id: a Hub dataset id (e.g. 'user/name') or a local "
                          "dataset folder, with --image_column / --label_column naming its columns")
     saved = Path(path, "dataset_dict.json").is_file() or Path(path, "state.json").is_file()
-    if cfg.streaming and not saved:
-        return stream_hub(cfg, path)
-    splits = load_from_disk(path) if saved else load_dataset(path)
-    return from_splits(splits if isinstance(splits, Mapping) else {"train": splits}, cfg.image_column,
-                       cfg.label_column, path)
+    if opts.streaming and not saved:
+        if opts.imb_factor is not None:
+            raise ValueError("--imb_factor subsamples a map-style dataset; drop --streaming to make it long-tailed")
+        return stream_hub(opts, path)
+    splits = load_from_disk(path) if saved else load_dataset(path, opts.hub_dataset_config,
+                                                              revision=opts.hub_dataset_revision)
+    data = from_splits(splits if isinstance(splits, Mapping) else {"train": splits}, opts.image_column,
+                       opts.label_column, path)
+    return make_long_tailed(data, opts)

@@ -1,7 +1,7 @@
 """The backbone of a cadel model as a timm model folder: ``config.json`` (architecture, the arguments that rebuild it,
 and a ``pretrained_cfg`` with the data's input size, mean and std) and ``model.safetensors``, which
-``timm.create_model("local-dir:<folder>")`` (or ``hf-hub:<id>`` once uploaded) loads. The exported model has no
-classifier (``num_classes=0``) and mean pooling, so it returns the features the cascade's last exit classifies."""
+``timm.create_model("local-dir:<folder>", pretrained=True)`` (or ``hf-hub:<id>`` once uploaded) loads. The exported
+model has no classifier (``num_classes=0``) and mean pooling: it returns the features the last exit classifies."""
 from __future__ import annotations
 
 from pathlib import Path

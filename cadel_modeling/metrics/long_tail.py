@@ -62,3 +62,18 @@ def compute_long_tail_metrics(scores: ArrayLike, labels: ArrayLike, class_counts
 def top1(scores: torch.Tensor, labels: torch.Tensor) -> float:
     """Fraction of rows whose highest score is the label (NaN for no rows)."""
     return (scores.argmax(-1) == labels).float().mean().item() if len(labels) else float("nan")
+
+
+def group_accuracies(scores: torch.Tensor, labels: torch.Tensor, class_counts: ArrayLike) -> dict:
+    """Many / medium / few accuracy (mean per-class recall of each shot group; None for an empty group), computed
+    directly, for per-epoch logging (the full metric module runs at evaluation)."""
+    counts = np.asarray(class_counts)
+    hits = torch.bincount(labels[scores.argmax(-1) == labels], minlength=len(counts)).numpy()
+    seen = torch.bincount(labels, minlength=len(counts)).numpy()
+    per_class = np.where(seen > 0, hits / np.maximum(seen, 1), np.nan)
+    groups = shot_groups(counts)
+    out = {}
+    for group in GROUPS:
+        values = per_class[(groups == group) & (seen > 0)]
+        out[group] = float(values.mean()) if values.size else None
+    return out

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 RUN_CONFIG_NAME = "run_config.yaml"  # the run config saved with every model's weights
+ENSEMBLE_FILE = "ensemble.json"      # exit weights and their tau learned on validation by stage 2
 
 
 def is_hub_id(ref: str) -> bool:
@@ -42,3 +44,10 @@ def run_config_path(model_dir) -> Path:
         raise FileNotFoundError(f"{model_dir} has no {RUN_CONFIG_NAME}: it was not written by cadel, so the settings "
                                 f"it was trained with are unknown; pass --dataset/--data_dir/... explicitly")
     return path
+
+
+def load_ensemble(model_dir) -> Optional[dict]:
+    """The learned exit weights saved by stage 2 in a model folder, or None."""
+    import json
+    path = Path(model_dir) / ENSEMBLE_FILE
+    return json.loads(path.read_text()) if path.is_file() else None

@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from ..data.base import is_streamed
 from ..data.loaders import LoaderSpec
@@ -25,6 +24,7 @@ from ..metrics import top1
 from ..modeling import CadelForImageClassification
 from ..posthoc import ensemble_scores
 from ..training.optim import LRSchedule, set_learning_rate
+from ..utils.logging import progress
 
 logger = logging.getLogger("cadel")
 
@@ -48,7 +48,7 @@ def extract_features(model, loader, accelerator, exits: Sequence[int], size: int
              for k in exits]
     features, labels = [[] for _ in exits], []
     try:
-        for batch in tqdm(loader, desc=desc, disable=not accelerator.is_local_main_process, leave=False):
+        for batch in progress(loader, desc=desc, main=accelerator.is_local_main_process):
             with accelerator.autocast():
                 net.exit_logits(batch["pixel_values"], exits)
             gathered, y = accelerator.gather_for_metrics(([captured[k].float() for k in exits], batch["labels"]))

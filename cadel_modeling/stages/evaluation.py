@@ -6,10 +6,9 @@ The network runs once over the split; every variant is computed from the gathere
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict
 
 from ..config import RunConfig
 from ..data import DataOptions, build_datasets
@@ -17,26 +16,23 @@ from ..data.loaders import LoaderSpec
 from ..inference import check_model_matches_data, predict_split, process_invariant_loader
 from ..metrics import format_table
 from ..modeling.factory import load_model
-from ..modeling.locate import find_model_dir
+from ..modeling.locate import find_model_dir, load_ensemble
 from ..posthoc import selected_exits
 from ..results import write_report
+from ..training import tracking
 from ..training.accelerator import make_accelerator
+from ..training.tracking import tracking_kwargs
 from ..utils.io import command_line
 from ..utils.logging import setup_logging
 from . import push
-from .stage2 import ENSEMBLE_FILE
 
 logger = logging.getLogger("cadel")
 
 
-def load_ensemble(model_dir) -> Optional[dict]:
-    """The learned exit weights saved by stage 2 in a model folder, or None."""
-    path = Path(model_dir) / ENSEMBLE_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
 def run(cfg: RunConfig) -> Dict[str, dict]:
-    accelerator = make_accelerator()
+    local = Path(cfg.eval_model).is_dir()
+    out_dir = (find_model_dir(cfg.eval_model) if local else Path(cfg.output_dir)) / f"eval_{cfg.eval_split}"
+    accelerator = make_accelerator(**tracking_kwargs(cfg.report_to, cfg.tracking_dir, out_dir / "tracking"))
     setup_logging(accelerator.is_main_process)
     with accelerator.main_process_first():  # one Hub download and one dataset build; the others read the cache
         model_dir = find_model_dir(cfg.eval_model)
@@ -51,12 +47,15 @@ def run(cfg: RunConfig) -> Dict[str, dict]:
     model, loader = accelerator.prepare(model, loader)
     exit_logits, labels = predict_split(model, loader, accelerator, size, cfg.eval_split)
     net = accelerator.unwrap_model(model)
-    local = Path(cfg.eval_model).is_dir()
-    out_dir = (Path(model_dir) if local else Path(cfg.output_dir)) / f"eval_{cfg.eval_split}"
     test_agnostic = cfg.eval_test_agnostic
     results = write_report(exit_logits, labels, net.config, data, out_dir, cfg.eval_split, exits=cfg.eval_exits,
                            ensemble=ensemble, is_main=accelerator.is_main_process, test_agnostic=test_agnostic,
                            provenance={"command": command_line(), "num_processes": accelerator.num_processes})
+    tracking.start(accelerator, cfg.run_name or f"eval_{cfg.eval_split}", cfg.to_dict())
+    if results:
+        main = next(iter(results.values()))
+        accelerator.log({f"eval/{cfg.eval_split}/{k}": v for k, v in main.items()
+                         if isinstance(v, (int, float)) and v is not None}, step=0)
     if accelerator.is_main_process:
         print(f"\n{model_dir} on {cfg.dataset} {cfg.eval_split} ({len(labels)} images)")
         print(format_table(results))
@@ -66,4 +65,5 @@ def run(cfg: RunConfig) -> Dict[str, dict]:
             extra = {} if local else {"eval_dirs": [out_dir], "card_path": Path(cfg.output_dir) / "README.md"}
             push(cfg, model_dir, repo_id=cfg.hub_model_id or (None if local else cfg.eval_model), **extra)
     accelerator.wait_for_everyone()
+    accelerator.end_training()
     return results

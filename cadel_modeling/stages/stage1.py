@@ -7,6 +7,7 @@ fresh run id, or the resumed run's), writes its config and trains; every save ch
 from __future__ import annotations
 
 import logging
+import math
 import platform
 import shutil
 import time
@@ -21,12 +22,15 @@ from accelerate.utils import set_seed
 
 from ..config import RunConfig
 from ..data import DataOptions, build_datasets, is_streamed
+from ..data.gpu_augment import DeviceAugment
 from ..data.loaders import LoaderSpec, build_eval_loader, build_train_loader, streamed_steps_per_epoch
-from ..inference import predict
-from ..metrics import top1
+from ..inference import predict, predict_split, process_invariant_loader
+from ..metrics import group_accuracies, top1
 from ..modeling.costs import model_summary
-from ..modeling.factory import build_model, save_model
+from ..modeling.factory import build_model, load_model, save_model
 from ..modeling.heads import adjust_logits, combine_exits
+from ..results import write_report
+from ..training import tracking
 from ..training.accelerator import enable_fast_kernels, make_accelerator
 from ..training.checkpointing import (
     CheckpointError,
@@ -41,9 +45,11 @@ from ..training.checkpointing import (
     verify,
 )
 from ..training.loop import LoopOptions, NonFiniteLossError, train_one_epoch
-from ..training.losses import CascadeLoss
+from ..training.losses import CascadeLoss, annealing_T
 from ..training.optim import OptimizerSpec, build_optimizer
 from ..training.preemption import Preempted, Preemption
+from ..training.tracking import tracking_kwargs
+from ..utils.finite import NonFiniteTensorError
 from ..utils.io import append_jsonl, command_line, read_json, read_jsonl, rewrite_jsonl, write_json
 from ..utils.logging import log_to_file, setup_logging
 from . import push
@@ -66,7 +72,7 @@ def folder_state(out: Path) -> str:
     """'empty' (missing or empty), 'run' (a cadel run folder) or 'other' (holds files cadel did not write)."""
     if not out.exists() or not any(out.iterdir()):
         return "empty"
-    names = {p.name for p in out.iterdir()}
+    names = {p.name.removesuffix(".tmp").removesuffix(".old") for p in out.iterdir()}  # half-written saves too
     cadel = set(RUN_FILES) | set(RUN_FOLDERS) | {n for n in names if n.startswith(("stage2_", "eval_"))} | \
         {"README.md"}
     return "run" if names & {"config.yaml", "run_info.json", "checkpoints"} and names <= cadel else "other"
@@ -131,11 +137,43 @@ def run_info(cfg: RunConfig, data, accelerator) -> dict:
             "class_names": data.class_names, "class_counts": data.class_counts, "data_notes": data.notes}
 
 
+def step_logger(accelerator, batch_size: int, epochs: int, state: TrainState):
+    """What trackers get for every optimizer step (from the loop's late step records, so no host sync): loss, lr,
+    T, the mean cascade weight per exit, skipped steps and images/s."""
+    if not accelerator.log_with:
+        return None
+    last = {"time": time.time(), "step": state.global_step}
+
+    def log(record) -> None:
+        now = time.time()
+        values = {"train/lr": record.lr, "train/T": annealing_T(record.epoch, epochs),
+                  "train/skipped_steps": state.skipped_steps,
+                  **{f"train/cascade_weight_exit{k + 1}": w for k, w in enumerate(record.mean_weights)}}
+        if not record.skipped:
+            values["train/loss"] = record.loss
+        if now > last["time"]:
+            values["train/images_per_s"] = batch_size * (record.global_step - last["step"]) / (now - last["time"])
+        last.update(time=now, step=record.global_step)
+        accelerator.log(values, step=record.global_step)
+    return log
+
+
+def evaluate_best_on_val(accelerator, model_dir: Path, data, loader_spec: LoaderSpec) -> None:
+    """``<model_dir>/eval_val``: every metric of the best model on the validation split (for the model card)."""
+    model = load_model(model_dir)
+    loader, size = process_invariant_loader(data, "val", loader_spec, accelerator.num_processes)
+    model, loader = accelerator.prepare(model, loader)
+    exit_logits, labels = predict_split(model, loader, accelerator, size, "val")
+    write_report(exit_logits, labels, accelerator.unwrap_model(model).config, data, model_dir / "eval_val", "val",
+                 is_main=accelerator.is_main_process, provenance={"command": command_line()})
+
+
 def run(cfg: RunConfig) -> dict:
     enable_fast_kernels()
+    trackers = tracking_kwargs(cfg.report_to, cfg.tracking_dir, Path(cfg.output_dir) / "tracking")
     accelerator = make_accelerator(gradient_accumulation_steps=cfg.grad_accum_steps,
                                    dynamo_backend="inductor" if cfg.torch_compile else None,
-                                   dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
+                                   dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True), **trackers)
     setup_logging(accelerator.is_main_process)
     # -- checks: nothing is written before they all pass ------------------------------------------------------
     resume_path = resume_target(cfg)
@@ -168,7 +206,8 @@ def run(cfg: RunConfig) -> dict:
     if steps_per_epoch == 0:
         raise ValueError(f"batch_size {cfg.batch_size} is larger than the training split "
                          f"({data.num_train_images} images); lower --batch_size")
-    loss_fn = CascadeLoss(cfg.bins, cfg.gamma, cfg.base_weight, cfg.weight_mode, cfg.resolved_base_loss())
+    loss_fn = CascadeLoss(cfg.bins, cfg.gamma, cfg.base_weight, cfg.weight_mode, cfg.resolved_base_loss(),
+                          class_counts=data.class_counts).to(accelerator.device)
     net = accelerator.unwrap_model(model)
     state = TrainState()
     if resume_path is not None:
@@ -190,12 +229,24 @@ def run(cfg: RunConfig) -> dict:
                     model_summary(net, cfg.image_size))
     for note in data.notes:
         logger.info(note)
+    if cfg.export_dataset and accelerator.is_main_process:
+        from ..data.export import export_splits
+        logger.info("exported the splits of this run to %s", export_splits(data, cfg.export_dataset, cfg.hub_token))
     meta = {**signature, "run_id": cfg.run_id}
+    tracking.start(accelerator, cfg.run_name or out.name, cfg.to_dict())
+    log_step = step_logger(accelerator, cfg.batch_size, cfg.epochs, state)
 
     def checkpoint():
         save_checkpoint(accelerator, model, optimizer, state, out, cfg.keep_last_checkpoints, meta)
 
     opts = LoopOptions.from_config(cfg)
+    prepare_batch = None
+    if cfg.decode_on_gpu:
+        jitter = cfg.color_jitter if data.color_jitter is None else data.color_jitter
+        augment = DeviceAugment(cfg.image_size, data.mean, data.std, jitter, cfg.hflip, cfg.seed)
+
+        def prepare_batch(batch):
+            return augment(batch, state.epoch, accelerator.device)
     try:
         with Preemption() as preemption:
             while state.epoch <= cfg.epochs:
@@ -205,7 +256,7 @@ def run(cfg: RunConfig) -> dict:
                     train_loader.dataset.set_epoch(state.epoch)
                 stats = train_one_epoch(model, train_loader, optimizer, loss_fn, accelerator, opts, state,
                                         steps_per_epoch=steps_per_epoch, preemption=preemption,
-                                        on_checkpoint=checkpoint)
+                                        on_checkpoint=checkpoint, on_step=log_step, prepare_batch=prepare_batch)
                 if preemption.requested:
                     path = save_checkpoint(accelerator, model, optimizer, state, out, cfg.keep_last_checkpoints,
                                            meta)
@@ -215,7 +266,9 @@ def run(cfg: RunConfig) -> dict:
                 val_logits, val_labels = predict(
                     model, val_loader, accelerator, desc="val",
                     exits=None if net.config.resolved_inference_rule == "sum" else [len(net.aux_exits) + 1])
-                val_acc = top1(selection_scores(val_logits, net.config), val_labels)
+                val_scores = selection_scores(val_logits, net.config)
+                val_acc = top1(val_scores, val_labels)
+                val_groups = group_accuracies(val_scores, val_labels, data.class_counts)
                 improved = val_acc > state.best_metric
                 if improved:
                     state.best_metric, state.best_epoch = val_acc, state.epoch
@@ -224,17 +277,22 @@ def run(cfg: RunConfig) -> dict:
                 if int(data.skipped_images):
                     logger.warning("%d unreadable images skipped so far (--bad_image_policy skip)",
                                    int(data.skipped_images))
+                stats = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in stats.items()}
                 record = {"epoch": state.epoch, **stats, "skipped_images": int(data.skipped_images),
-                          "val_top1": val_acc, "best_val_top1": state.best_metric, "best_epoch": state.best_epoch,
+                          "val_top1": val_acc, **{f"val_{g}": v for g, v in val_groups.items()},
+                          "best_val_top1": state.best_metric, "best_epoch": state.best_epoch,
                           "epoch_time_s": round(time.time() - t0, 2)}
-                logger.info("epoch %d/%d loss %.4f lr %.5f val top-1 %.2f%%%s", state.epoch, cfg.epochs,
-                            stats["train_loss"], stats["lr"], 100 * val_acc, " (best)" if improved else "")
+                accelerator.log({"val/top1": val_acc, **{f"val/{g}": v for g, v in val_groups.items() if v is not None},
+                                 "train/epoch_loss": stats["train_loss"]}, step=state.global_step)
+                logger.info("epoch %d/%d loss %s lr %.5f val top-1 %.2f%%%s", state.epoch, cfg.epochs,
+                            "n/a" if stats["train_loss"] is None else f"{stats['train_loss']:.4f}", stats["lr"],
+                            100 * val_acc, " (best)" if improved else "")
                 if accelerator.is_main_process:
                     append_jsonl(log_path, record)
                 state.epoch += 1
                 state.step_in_epoch = 0
                 checkpoint()
-    except NonFiniteLossError as exc:
+    except (NonFiniteLossError, NonFiniteTensorError) as exc:
         last = latest_valid(out, cfg.run_id)
         raise NonFiniteLossError(f"{exc}. Last good checkpoint: {last or 'none'}; best model so far: "
                                  f"{out / 'best_model' if state.best_epoch else 'none'}") from exc
@@ -245,6 +303,8 @@ def run(cfg: RunConfig) -> dict:
             else "the raw last exit (CNN rule)")
     summary = {"run_id": cfg.run_id, "best_val_top1": state.best_metric, "best_epoch": state.best_epoch,
                "epochs": cfg.epochs, "skipped_steps": state.skipped_steps, "selection": f"val top-1 of {rule}"}
+    if cfg.push_to_hub:  # the published stage-1 model carries its validation results
+        evaluate_best_on_val(accelerator, out / "best_model", data, loader_spec)
     if accelerator.is_main_process:
         write_json(out / "stage1_summary.json", summary)
         if cfg.push_to_hub:  # after every local file is final; a failed push keeps them and exits non-zero

@@ -21,9 +21,12 @@ from ..data.loaders import LoaderSpec
 from ..inference import check_model_matches_data, predict_split, process_invariant_loader
 from ..metrics import format_table
 from ..modeling.factory import load_model, save_model
+from ..modeling.locate import ENSEMBLE_FILE
 from ..posthoc import pick_tau, search_exit_weights, selected_exits, selection_name, tau_sweep
 from ..results import write_report
+from ..training import tracking
 from ..training.accelerator import make_accelerator
+from ..training.tracking import tracking_kwargs
 from ..utils.io import command_line, write_json
 from ..utils.logging import setup_logging
 from . import push
@@ -31,7 +34,6 @@ from .crt import CRTOptions, retrain_classifiers
 
 logger = logging.getLogger("cadel")
 
-ENSEMBLE_FILE = "ensemble.json"  # learned exit weights and their tau, written next to the weights
 
 
 def tau_grid_for(cfg: RunConfig) -> List[float]:
@@ -43,6 +45,21 @@ def tau_grid_for(cfg: RunConfig) -> List[float]:
     if not cfg.crt_logit_adjustment:
         return [0.0]
     return [0.0] + [t for t in grid if t != 0.0]
+
+
+def select_inference_rule(model_config, ensemble: dict) -> dict:
+    """Make the best of the model's rule, the other rule and the learned exit weights on validation (the exit-weight
+    search scores all three, the model's rule first, so a tie keeps it) the model's own rule, with its tau.
+    Beyond the paper; recorded in stage2_results.json."""
+    source = ensemble["source"]
+    if source == "grid":
+        model_config.inference_rule, model_config.exit_weights = "weighted", list(ensemble["weights"])
+    else:
+        model_config.inference_rule = "sum" if source.startswith("sum") else "last"
+        model_config.exit_weights = None
+    model_config.tau = ensemble["tau"]
+    return {"rule": model_config.inference_rule, "exit_weights": model_config.exit_weights, "tau": ensemble["tau"],
+            "val_top1": ensemble["val_top1"], "selected_on": "val", "source": source}
 
 
 def choices_text(summary: dict, num_exits: int) -> str:
@@ -63,11 +80,17 @@ def choices_text(summary: dict, num_exits: int) -> str:
         lines.append(f"  learned exit weights {'/'.join(f'{w:.2f}' for w in ens['normalized_weights'])} with tau = "
                      f"{ens['tau']:g}: val top-1 {100 * ens['val_top1']:.2f}% (best of the rules: {rules}; "
                      f"{ens['num_candidates']} candidates, grid step {ens['grid_step']:g})")
+    chosen = summary.get("selected_rule")
+    if chosen:
+        what = (f"learned exit weights {'/'.join(f'{w:g}' for w in chosen['exit_weights'])}"
+                if chosen["rule"] == "weighted" else f"the {chosen['rule']} rule")
+        lines.append(f"  the model now predicts with {what}, tau = {chosen['tau']:g} (--select_inference_rule)")
     return "\n".join(lines)
 
 
 def run(cfg: RunConfig) -> dict:
-    accelerator = make_accelerator()
+    out = Path(cfg.stage1_dir) / f"stage2_{cfg.stage2_method}"
+    accelerator = make_accelerator(**tracking_kwargs(cfg.report_to, cfg.tracking_dir, out / "tracking"))
     setup_logging(accelerator.is_main_process)
     stage1 = Path(cfg.stage1_dir)
     model_dir = stage1 / "best_model"
@@ -103,6 +126,9 @@ def run(cfg: RunConfig) -> dict:
     tau = pick_tau(sweep)
     net.config.tau = tau
     step = cfg.exit_weight_step
+    if cfg.select_inference_rule and not step:
+        raise ValueError("--select_inference_rule chooses among the rules and the learned exit weights: it needs "
+                         "--exit_weight_step > 0")
     ensemble = search_exit_weights(val_logits.to(accelerator.device), val_labels, counts, grid, step, rule) \
         if step else None
     summary = {"method": cfg.stage2_method, "command": command_line(),
@@ -110,6 +136,8 @@ def run(cfg: RunConfig) -> dict:
                "inference_rule": rule, "exits": list(main_exits),
                "tau": tau, "tau_selected_on": "val", "tau_grid": grid, "val_top1": max(r["top1"] for r in sweep),
                "val_sweep": sweep, "crt": crt, "ensemble": ensemble}
+    if cfg.select_inference_rule:
+        summary["selected_rule"] = select_inference_rule(net.config, ensemble)
     if accelerator.is_main_process:
         print("\n" + choices_text(summary, num_exits))
     if "test" in logits:
@@ -123,6 +151,10 @@ def run(cfg: RunConfig) -> dict:
                            for name, r in results.items()}
         if accelerator.is_main_process:
             print("\ntest split:\n" + format_table(results))
+    tracking.start(accelerator, cfg.run_name or f"{Path(cfg.stage1_dir).name}_{out.name}", cfg.to_dict())
+    for i, r in enumerate(sweep):  # the tau curve, one point per grid value
+        accelerator.log({"stage2/tau": r["tau"], "stage2/val_top1_at_tau": r["top1"]}, step=i)
+    accelerator.log({"stage2/chosen_tau": net.config.tau, "stage2/val_top1": summary["val_top1"]}, step=len(sweep))
     if accelerator.is_main_process:
         save_model(net, out / "model", cfg, cfg.augmentation)
         if ensemble:
@@ -130,8 +162,9 @@ def run(cfg: RunConfig) -> dict:
         else:  # a previous run's weights must not outlive the search being turned off
             (out / "model" / ENSEMBLE_FILE).unlink(missing_ok=True)
         write_json(out / "stage2_results.json", summary)
-        logger.info("stage 2 done: model with tau=%g in %s", tau, out / "model")
+        logger.info("stage 2 done: model with tau=%g in %s", net.config.tau, out / "model")
         if cfg.push_to_hub:  # after every local file is final; a failed push logs and keeps them
             push(cfg, out / "model")
     accelerator.wait_for_everyone()
+    accelerator.end_training()
     return summary

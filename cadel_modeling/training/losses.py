@@ -14,7 +14,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 WEIGHT_MODES = ("per_sample", "batch_scalar_legacy")
-BASE_LOSSES = ("ce", "bce")
+# ce / bce: the original's per-exit losses (CNN / ViT). The others balance the base loss itself (beyond the paper):
+# logit_adjusted: CE on z + tau*log(prior) (Menon et al., ICLR 2021; tau = 1 in training);
+# balanced_softmax: CE on z + log(n_c) (Ren et al., NeurIPS 2020): the same function as logit_adjusted at tau = 1, since
+# log(n_c) and log(prior) differ by a constant that softmax ignores;
+# balanced_bce: one-hot BCE on z + log(prior) - log(1 - prior), summed over classes (LiVT's Bal-BCE, for ViTs).
+BASE_LOSSES = ("ce", "bce", "logit_adjusted", "balanced_softmax", "balanced_bce")
+BALANCED_LOSSES = ("logit_adjusted", "balanced_softmax", "balanced_bce")
 
 
 def annealing_T(epoch: int, epochs: int) -> float:
@@ -63,8 +69,11 @@ class CascadeLoss(nn.Module):
     """Sum over exits (shallow to deep) of the annealed, cascade-weighted loss of spec §3.2.
 
     ``weight_mode="batch_scalar_legacy"`` reproduces the original CNN code, whose broadcasting bug turns the
-    per-sample weights into the batch scalar ``mean(w)`` (spec §3.4). ``base_loss="bce"`` is the ViT's one-hot BCE
-    summed over classes, computed with ``logsigmoid`` so that large logits stay finite (spec §3.5).
+    per-sample weights into the batch scalar ``mean(w)``. ``base_loss="bce"`` is the ViT's one-hot BCE summed over
+    classes, computed with ``logsigmoid`` so that large logits stay finite. The balanced base losses
+    (``BALANCED_LOSSES``) need ``class_counts``; their confidences (which place samples in the weighting's bins) are
+    the probabilities of the adjusted logits the loss itself uses. A single exit with ``gamma=0, base_weight=1`` is
+    the plain loss: the baselines are this class too.
     After each forward, ``last_mean_weight`` holds the detached mean weight per exit (mixup-averaged over targets).
     """
 
@@ -75,6 +84,8 @@ class CascadeLoss(nn.Module):
         base_weight: float = 2.0,
         weight_mode: str = "per_sample",
         base_loss: str = "ce",
+        class_counts: Optional[Sequence[int]] = None,
+        la_tau: float = 1.0,
     ):
         super().__init__()
         if weight_mode not in WEIGHT_MODES:
@@ -83,23 +94,41 @@ class CascadeLoss(nn.Module):
             raise ValueError(f"base_loss must be one of {BASE_LOSSES}, got {base_loss!r}")
         if bins < 1:
             raise ValueError(f"bins must be a positive integer, got {bins}")
+        if base_loss in BALANCED_LOSSES and not class_counts:
+            raise ValueError(f"base_loss {base_loss!r} needs the training images per class (class_counts)")
         self.bins = bins
         self.gamma = gamma
         self.base_weight = base_weight
         self.weight_mode = weight_mode
         self.base_loss = base_loss
+        self.la_tau = la_tau
         self.last_mean_weight: Optional[Tensor] = None
+        if base_loss in BALANCED_LOSSES:
+            counts = torch.as_tensor(class_counts, dtype=torch.float64)
+            prior = counts / counts.sum()
+            if base_loss == "balanced_bce":
+                offset = torch.log(prior) - torch.log1p(-prior)
+            elif base_loss == "balanced_softmax":
+                offset = torch.log(counts)
+            else:
+                offset = la_tau * torch.log(prior)
+            self.register_buffer("logit_offset", offset.float(), persistent=False)
+        else:
+            self.logit_offset = None
 
     def extra_repr(self) -> str:
         return (
             f"bins={self.bins}, gamma={self.gamma}, base_weight={self.base_weight}, "
             f"weight_mode={self.weight_mode!r}, base_loss={self.base_loss!r}"
+            + (f", la_tau={self.la_tau}" if self.base_loss == "logit_adjusted" else "")
         )
 
     def _loss_and_confidence(self, logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         """Per-sample base loss and the detached predicted probability of the target class."""
         target = target[:, None]
-        if self.base_loss == "ce":
+        if self.logit_offset is not None:
+            logits = logits + self.logit_offset.to(logits.device)
+        if self.base_loss in ("ce", "logit_adjusted", "balanced_softmax"):
             loss = -F.log_softmax(logits, dim=1).gather(1, target).squeeze(1)
             confidence = logits.detach().softmax(dim=1).gather(1, target).squeeze(1)
         else:

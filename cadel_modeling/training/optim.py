@@ -119,14 +119,29 @@ def param_groups(model, spec: OptimizerSpec) -> List[Dict]:
 
 
 def build_optimizer(model, spec: OptimizerSpec) -> torch.optim.Optimizer:
+    """SGD or AdamW, fused where the device supports it: one kernel per step, and it can skip a step on the device
+    (``found_inf``) without the host reading a flag. SGD's momentum buffers start at zero rather than on the first
+    step (the same numbers), so that a skipped first step leaves no uninitialised buffer behind."""
+    if spec.name not in ("sgd", "adamw"):
+        raise ValueError(f"unknown optimizer {spec.name!r}; use sgd or adamw")
     groups = param_groups(model, spec)
-    fused = {"fused": True} if torch.cuda.is_available() else {}
-    if spec.name == "sgd":
-        return torch.optim.SGD(groups, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay, **fused)
-    if spec.name == "adamw":
-        return torch.optim.AdamW(groups, lr=spec.lr, betas=(0.9, spec.adamw_beta2), weight_decay=spec.weight_decay,
-                                 **fused)
-    raise ValueError(f"unknown optimizer {spec.name!r}; use sgd or adamw")
+    for fused in (True, False):  # fused needs float parameters on a supported device
+        try:
+            if spec.name == "sgd":
+                optimizer = torch.optim.SGD(groups, lr=spec.lr, momentum=spec.momentum,
+                                            weight_decay=spec.weight_decay, fused=fused)
+            else:
+                optimizer = torch.optim.AdamW(groups, lr=spec.lr, betas=(0.9, spec.adamw_beta2),
+                                              weight_decay=spec.weight_decay, fused=fused)
+            break
+        except RuntimeError:
+            if not fused:
+                raise
+    if spec.name == "sgd" and spec.momentum:
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                optimizer.state[p]["momentum_buffer"] = torch.zeros_like(p)
+    return optimizer
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:

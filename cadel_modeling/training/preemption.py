@@ -29,6 +29,22 @@ class Preempted(RuntimeError):
     exit_code = EXIT_PREEMPTED
 
 
+LAUNCHERS = ("accelerate", "torchrun", "torch.distributed.run", "torch.distributed.launch")
+
+
+def started_by_a_launcher() -> bool:
+    """Whether this process was started by ``accelerate launch`` or torchrun (not by a shell, where dying with the
+    parent would break ``nohup``): a rank variable is set, or the parent's command line names a launcher."""
+    if os.environ.get("LOCAL_RANK") is not None:
+        return True
+    try:
+        with open(f"/proc/{os.getppid()}/cmdline", "rb") as fh:
+            parent = fh.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return False
+    return any(name in parent for name in LAUNCHERS)
+
+
 def die_with_parent() -> None:
     """Make this process receive SIGTERM when its parent (the launcher) dies, however it dies."""
     parent = os.getppid()

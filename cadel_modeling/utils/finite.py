@@ -7,7 +7,9 @@ import torch
 
 
 class NonFiniteTensorError(ValueError):
-    """A model, optimizer or checkpoint about to be saved holds NaN or inf values."""
+    """A model, optimizer or checkpoint about to be saved holds NaN or inf values (the run diverged)."""
+
+    exit_code = 3
 
 
 def nonfinite_tensors(named: Iterable[Tuple[str, torch.Tensor]]) -> List[str]:

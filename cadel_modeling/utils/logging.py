@@ -10,8 +10,17 @@ FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def setup_logging(is_main_process: bool) -> None:
-    logging.basicConfig(format=FORMAT, datefmt="%H:%M:%S",
-                        level=logging.INFO if is_main_process else logging.ERROR, force=True)
+    """One console handler of ours on the root logger (others, e.g. a test's log capture, are left alone); a run's
+    log file from an earlier run in this process is closed."""
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if getattr(h, "cadel", False)]:
+        root.removeHandler(handler)
+        handler.close()
+    console = logging.StreamHandler()
+    console.setFormatter(logging.Formatter(FORMAT, datefmt="%H:%M:%S"))
+    console.cadel = True
+    root.addHandler(console)
+    root.setLevel(logging.INFO if is_main_process else logging.ERROR)
     import datasets
     import transformers
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per checkpoint file is noise
@@ -30,4 +39,16 @@ def log_to_file(path: Optional[Path]) -> None:
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter(FORMAT))
     handler.setLevel(logging.INFO)
+    handler.cadel = True
     logging.getLogger().addHandler(handler)
+
+
+def progress(iterable=None, *, main: bool = True, **kwargs):
+    """A tqdm bar on the main process of an interactive session; in a log file (not a terminal) the per-epoch log
+    lines say enough, and redrawn bars would bury them (``CADEL_PROGRESS=1`` forces the bars)."""
+    import os
+    import sys
+
+    from tqdm.auto import tqdm
+    shown = main and (sys.stderr.isatty() or os.environ.get("CADEL_PROGRESS") == "1")
+    return tqdm(iterable, disable=not shown, leave=False, **kwargs)
