@@ -114,18 +114,17 @@ def run_tau_benchmark(backbone: str = "resnet18", aux_head: str = "light", num_c
         recomputed = recompute_per_tau(model, split, accelerator, counts, grid, rule)
         _sync(device)
         recompute_s, recompute_cpu_s = time.perf_counter() - start, time.process_time() - start_cpu
-    for fast, slow in zip(sweep, recomputed):
-        if round(fast["top1"] * num_samples) != slow["correct"]:
-            raise AssertionError(f"tau={fast['tau']}: one-pass sweep has top-1 {fast['top1']}, recompute has "
-                                 f"{slow['correct']}/{num_samples}; the two searches disagree")
-    if pick_tau(sweep) != pick_tau(recomputed):
-        raise AssertionError("the two searches pick different taus")
+    one_pass_correct = [round(r["top1"] * num_samples) for r in sweep]
+    recompute_correct = [r["correct"] for r in recomputed]
     return {"backbone": backbone, "aux_head": aux_head, "rule": rule, "num_samples": num_samples,
             "batch_size": batch_size, "image_size": image_size, "num_classes": num_classes,
             "precision": accelerator.mixed_precision, "device": str(device), "grid": [float(t) for t in grid],
             "tau": pick_tau(sweep), "sweep": sweep, "one_pass_s": once_s, "recompute_s": recompute_s,
             "speedup": recompute_s / once_s, "one_pass_cpu_s": once_cpu_s, "recompute_cpu_s": recompute_cpu_s,
-            "cpu_time_speedup": recompute_cpu_s / once_cpu_s, "results_equal": True}
+            "cpu_time_speedup": recompute_cpu_s / once_cpu_s, "one_pass_correct": one_pass_correct,
+            "recompute_correct": recompute_correct, "one_pass_tau": pick_tau(sweep),
+            "recompute_tau": pick_tau(recomputed),
+            "results_equal": one_pass_correct == recompute_correct and pick_tau(sweep) == pick_tau(recomputed)}
 
 
 def format_table(result: Dict) -> str:

@@ -4,12 +4,11 @@
 Every row trains one model on one fixed synthetic batch with the same optimizer (SGD, momentum 0.9, fused on CUDA
 as in ``cadel_modeling.training.optim``), precision and memory format, so the ratios isolate the model and its loss:
 
-* ``plain``: ``timm.create_model(backbone, num_classes=C)`` + cross-entropy (the anchors' §5a step);
+* ``plain``: ``timm.create_model(backbone, num_classes=C)`` + cross-entropy (the usual timm training step);
 * ``light`` / ``faithful``: ``CadelForImageClassification`` with that aux head, the real ``mixup_batch`` (alpha 0.2)
   and the real ``CascadeLoss`` over all exits (CE for CNNs, the original's BCE for ViTs, which have one exit type,
   reported as ``faithful``);
-* ``light+sync``: ``light`` plus the host read of the loss's finiteness that ``training.train_one_epoch`` makes
-  every step (its non-finite/preemption flags), to show what that synchronisation costs.
+* what cadel's own loop adds around this step (flags, skips) is measured by ``step_guard.py`` on the real loop.
 
 Forward FLOPs per image are counted with ``torch.utils.flop_counter.FlopCounterMode`` on a meta-device twin (no
 memory, no compute; convolutions, matrix products and attention; norms, activations, pooling and the loss are not
@@ -121,16 +120,12 @@ def make_step(model: nn.Module, variant: str, x: torch.Tensor, y: torch.Tensor, 
         base_loss = default_base_loss(model.config.family)
         loss_fn = CascadeLoss(base_loss=base_loss)
         generator = torch.Generator().manual_seed(0)
-        host_sync = variant.endswith("+sync")
 
         def loss_of_step():
             x_mixed, y_a, y_b, lam = mixup_batch(x, y, s.mixup_alpha, generator)
             with autocast_context(s):
                 exit_logits = forward(pixel_values=x_mixed).exit_logits
-            loss = loss_fn(exit_logits, y_a, y_b, lam, s.T)
-            if host_sync:
-                bool(torch.isfinite(loss.detach()))  # what training.py's per-step flag check costs
-            return loss
+            return loss_fn(exit_logits, y_a, y_b, lam, s.T)
 
     def step():
         loss = loss_of_step()
@@ -233,11 +228,10 @@ def variants_for(backbone: str, requested: Optional[List[str]] = None) -> List[s
     kind of exit (reported as ``faithful``), so ``light`` variants are dropped for it."""
     allowed = VIT_VARIANTS if backbone_family(backbone) == "vit" else CNN_VARIANTS
     requested = requested or list(allowed)
-    known = set(CNN_VARIANTS) | {f"{v}+sync" for v in CNN_VARIANTS if v != "plain"}
-    unknown = [v for v in requested if v not in known]
+    unknown = [v for v in requested if v not in CNN_VARIANTS]
     if unknown:
-        raise ValueError(f"unknown variants {unknown}; use {', '.join(sorted(known))}")
-    return ["plain"] + [v for v in requested if v != "plain" and v.split("+")[0] in allowed]
+        raise ValueError(f"unknown variants {unknown}; use {', '.join(CNN_VARIANTS)}")
+    return ["plain"] + [v for v in requested if v != "plain" and v in allowed]
 
 
 def benchmark_backbone(backbone: str, s: StepSettings, variants: Optional[List[str]] = None,
@@ -361,7 +355,7 @@ def main(argv=None) -> Dict:
     parser.add_argument("--backbones", nargs="+", default=None,
                         help=f"default {' '.join(FULL_BACKBONES)} (quick: {' '.join(QUICK_BACKBONES)})")
     parser.add_argument("--variants", nargs="+", default=None,
-                        help="default: plain light faithful; 'light+sync' adds training.py's per-step host sync")
+                        help="default: plain light faithful")
     parser.add_argument("--compile", action="store_true", help="torch.compile the models (GPU; slow to warm up)")
     parser.add_argument("--out", default=None, help="write the rows and the environment to this JSON file")
     args = parser.parse_args(argv)

@@ -345,3 +345,26 @@ def test_a_balanced_imagefolder_made_long_tailed_with_the_builtin_profile(tmp_pa
     assert not train_files & {row["image"].filename for row in data.splits["val"]}
     again = build_datasets(cfg)
     assert [r["image"].filename for r in again.train] == [r["image"].filename for r in data.train]  # seeded
+
+
+@pytest.mark.parametrize("dataset, expected", [
+    ("fashion_mnist_lt", ["train-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz", "zalando-datasets/fashion_mnist",
+                          "apt-get install dataset-fashion-mnist"]),
+    ("cifar10_lt", ["cifar-10-batches-py/", "data_batch_1", "test_batch", "uoft-cs/cifar10"]),
+    ("cifar100_lt", ["cifar-100-python/", "train", "uoft-cs/cifar100"]),
+    ("imagenet_lt", ["ImageNet_LT_train.txt", "--data_dir", "OLTR split lists", "image-net.org"]),
+    ("places_lt", ["Places_LT_train.txt", "--data_dir", "places2.csail.mit.edu"]),
+    ("inat18", ["train2018.json", "--data_dir", "inat_comp"]),
+    ("hub", ["--hub_dataset_id"]),
+])
+def test_missing_data_offline_says_where_to_put_it(dataset, expected, tmp_path, monkeypatch):
+    """No local files and no Hub (the tests run offline): one line naming the layout and where to get the data."""
+    from cadel_modeling.data import fashion_mnist
+    monkeypatch.setattr(fashion_mnist, "DEBIAN_DIR", str(tmp_path / "no-debian-package"))
+    with pytest.raises((FileNotFoundError, ValueError)) as exc:
+        build_datasets(RunConfig(dataset=dataset))
+    message = str(exc.value)
+    assert "\n" not in message and all(part in message for part in expected), message
+    if dataset in ("fashion_mnist_lt", "cifar10_lt"):  # an empty --data_dir names the files it should hold
+        with pytest.raises(FileNotFoundError, match="idx1-ubyte|batches.meta"):
+            build_datasets(RunConfig(dataset=dataset, data_dir=str(tmp_path)))

@@ -107,7 +107,14 @@ def build_cifar_lt(cfg, name: str):
         source = str(folder)
     else:
         from datasets import load_dataset
-        hub = load_dataset(spec["hub"])
+        try:
+            hub = load_dataset(spec["hub"])
+        except Exception as exc:  # noqa: BLE001 - offline, blocked or missing: say where the files go instead
+            raise FileNotFoundError(
+                f"{spec['title']} not found: download the python version from www.cs.toronto.edu/~kriz/cifar.html and "
+                f"pass --data_dir holding {spec['folder']}/ ({spec['meta']}, {', '.join(spec['train'][:2])}, ..., "
+                f"{spec['test'][0]}); the Hub dataset {spec['hub']} could not be loaded either "
+                f"({type(exc).__name__})") from exc
         hub = hub.select_columns(["img", spec["hub_label"]])
         hub = hub.rename_columns({"img": "image", spec["hub_label"]: "label"})
         class_names = hub["train"].features["label"].names

@@ -15,6 +15,7 @@ from .long_tail import long_tailed_counts, subsample_long_tailed
 
 DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
 HUB_ID = "zalando-datasets/fashion_mnist"
+IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 CLASS_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 MEAN, STD = (0.2860,) * 3, (0.3530,) * 3
 
@@ -33,7 +34,8 @@ def _find_idx_dir(data_dir):
                      for n in ("train-images-idx3-ubyte", "t10k-images-idx3-ubyte")):
             return Path(d)
     if data_dir:
-        raise FileNotFoundError(f"no Fashion-MNIST idx files (train-images-idx3-ubyte[.gz], ...) in {data_dir}")
+        raise FileNotFoundError(f"no Fashion-MNIST idx files in {data_dir}: it should hold "
+                                f"{', '.join(f + '.gz' for f in IDX_FILES)} (or the same without .gz)")
     return None
 
 
@@ -47,7 +49,13 @@ def _load_arrays(data_dir):
         return (read("train-images-idx3-ubyte"), read("train-labels-idx1-ubyte").astype(np.int64),
                 read("t10k-images-idx3-ubyte"), read("t10k-labels-idx1-ubyte").astype(np.int64))
     from datasets import load_dataset  # online users: the same data from the Hub
-    hub = load_dataset(HUB_ID)
+    try:
+        hub = load_dataset(HUB_ID)
+    except Exception as exc:  # noqa: BLE001 - offline, blocked or missing: say where the files go instead
+        raise FileNotFoundError(
+            f"Fashion-MNIST not found: put {', '.join(f + '.gz' for f in IDX_FILES)} in --data_dir (or run apt-get "
+            f"install dataset-fashion-mnist, which puts them in {DEBIAN_DIR}); the Hub dataset {HUB_ID} could not "
+            f"be loaded either ({type(exc).__name__})") from exc
     arrays = []
     for split in ("train", "test"):
         arrays += [np.stack([np.asarray(im) for im in hub[split]["image"]]), np.asarray(hub[split]["label"], np.int64)]

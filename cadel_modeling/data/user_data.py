@@ -200,8 +200,13 @@ def build_hub(opts):
         if opts.imb_factor is not None:
             raise ValueError("--imb_factor subsamples a map-style dataset; drop --streaming to make it long-tailed")
         return stream_hub(opts, path)
-    splits = load_from_disk(path) if saved else load_dataset(path, opts.hub_dataset_config,
-                                                              revision=opts.hub_dataset_revision)
+    try:
+        splits = load_from_disk(path) if saved else load_dataset(path, opts.hub_dataset_config,
+                                                                  revision=opts.hub_dataset_revision)
+    except (FileNotFoundError, ConnectionError, OSError, ValueError) as exc:
+        raise FileNotFoundError(f"could not load {path!r}: not a local dataset folder (save_to_disk, or data files "
+                                f"with train/validation/test splits) and not reachable as a Hub dataset id "
+                                f"({type(exc).__name__}: {exc})") from exc
     data = from_splits(splits if isinstance(splits, Mapping) else {"train": splits}, opts.image_column,
                        opts.label_column, path)
     return make_long_tailed(data, opts)

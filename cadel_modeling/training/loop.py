@@ -93,11 +93,12 @@ class StepFlags:
     waiting (rarely, and never for the step just queued) for their copies. ``drain`` returns all of them.
     """
 
+    total_waits = 0  # reads that had to wait for the device, over all instances (benchmarks/step_guard.py)
+
     def __init__(self, device: torch.device, lag: Optional[int] = None):
         self.on_host = device.type == "cpu"
         self.lag = (0 if self.on_host else 2) if lag is None else lag
         self.pending: deque = deque()
-        self.waits = 0  # reads that had to wait for the device (for the benchmark and the tests)
 
     def push(self, info: dict, flags: torch.Tensor) -> None:
         if self.on_host:
@@ -113,7 +114,7 @@ class StepFlags:
     def _pop(self) -> tuple:
         info, host, event = self.pending.popleft()
         if event is not None and not event.query():
-            self.waits += 1
+            StepFlags.total_waits += 1
             event.synchronize()
         return info, read_host(host)
 

@@ -66,7 +66,7 @@ def confidence_bin_weights(m: Tensor, bins: int, gamma: float, base_weight: floa
 
 
 class CascadeLoss(nn.Module):
-    """Sum over exits (shallow to deep) of the annealed, cascade-weighted loss of spec §3.2.
+    """Sum over exits (shallow to deep) of the annealed, cascade-weighted loss of docs/method.md
 
     ``weight_mode="batch_scalar_legacy"`` reproduces the original CNN code, whose broadcasting bug turns the
     per-sample weights into the batch scalar ``mean(w)``. ``base_loss="bce"`` is the ViT's one-hot BCE summed over
