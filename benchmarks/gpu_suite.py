@@ -35,10 +35,9 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import step_guard  # noqa: E402
-
 import input_pipeline  # noqa: E402
 import preset_smoke  # noqa: E402
+import step_guard  # noqa: E402
 import tau_search  # noqa: E402
 import train_step  # noqa: E402
 

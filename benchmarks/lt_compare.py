@@ -101,7 +101,7 @@ def train(run_dir: Path, recipe: str, seed: int, base: List[str], extra: List[st
 
 
 def aggregate(runs: List[dict]) -> Dict[str, dict]:
-    """row label -> metric -> {mean, std, n, values} over seeds (population std over the seeds' values, in %)."""
+    """row label -> metric -> {mean, std, n, values} over seeds (sample std over the seeds' values, in %)."""
     table: Dict[str, Dict[str, list]] = {}
     for run in runs:
         for label, metrics in run["rows"].items():
@@ -168,8 +168,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     runs = []
     started = time.time()
-    for recipe in args.recipes:
-        for seed in args.seeds:
+    for seed in args.seeds:  # seed-major: a grid stopped early still compares every recipe on the same seeds
+        for recipe in args.recipes:
             run = train(out / recipe / f"seed{seed}", recipe, seed, base, extra, out / "log.txt")
             runs.append(run)
             print(f"{recipe} seed {seed}: " + ", ".join(f"{label} {100 * r['All']:.1f}"

@@ -9,12 +9,25 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
-REFERENCE_DATA = REPO.parent / "shared" / "reference" / "data"
-FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+# The real ImageNet-LT/iNat18 counts and split lists live beside the repository (never committed).
+REFERENCE_DATA = Path(os.environ.get("CADEL_REFERENCE_DATA", REPO.parent / "shared" / "reference" / "data"))
+# Overridable so that a test can hide the files and check that CI refuses to run without them.
+FASHION_MNIST_DIR = Path(os.environ.get("CADEL_TEST_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
+IN_CI = os.environ.get("CI", "").lower() in ("true", "1")
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: real training runs or subprocesses (seconds to a minute each)")
+    # In CI a missing data file must fail the run, not skip the tests that matter most (real training, signals,
+    # 2-process runs): a green CI that skipped them would prove nothing.
+    if IN_CI:
+        missing = [str(p) for p in (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz", REFERENCE_DATA)
+                   if not p.exists()]
+        if missing:
+            raise pytest.UsageError(
+                f"CI=true but {', '.join(missing)} not found: install the Fashion-MNIST files "
+                "(apt-get install dataset-fashion-mnist) and put the reference data beside the repository "
+                "(or point CADEL_REFERENCE_DATA at it); outside CI these tests are skipped instead")
 
 
 @pytest.fixture(scope="session")

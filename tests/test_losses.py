@@ -71,6 +71,7 @@ def test_annealing_T_is_linear_from_one_minus_1_over_E_to_zero():
     assert annealing_T(1, 10) == pytest.approx(0.9)
     assert annealing_T(5, 10) == pytest.approx(0.5)
     assert annealing_T(10, 10) == 0.0
+    assert annealing_T(1, 1) == 0.0  # a one-epoch run trains fully weighted
     for epoch, epochs in [(0, 10), (11, 10), (1, 0)]:
         with pytest.raises(ValueError, match="1-indexed"):
             annealing_T(epoch, epochs)

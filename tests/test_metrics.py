@@ -6,7 +6,6 @@ import itertools
 import socket
 import sys
 import types
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,8 +21,6 @@ from cadel_modeling.metrics import (
     write_per_class_csv,
 )
 from cadel_modeling.metrics.long_tail import METRIC_PATH
-
-REFERENCE_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "reference" / "data"
 
 
 def softmax(scores: np.ndarray) -> np.ndarray:
@@ -140,10 +137,8 @@ def test_group_without_tested_class_is_none():
 
 @pytest.mark.parametrize("file_name, expected", [("imagenet_lt_num_shots.npz", (385, 479, 136)),
                                                   ("inat18_num_shots.npz", (842, 4076, 3224))])
-def test_group_sizes_of_real_count_files(file_name, expected):
-    path = REFERENCE_DATA / file_name
-    if not path.exists():
-        pytest.skip(f"{path} not available")
+def test_group_sizes_of_real_count_files(reference_data, file_name, expected):
+    path = reference_data / file_name
     counts = np.load(path)["num_per_class"]
     groups = shot_groups(counts)
     assert tuple(int((groups == g).sum()) for g in ("many", "medium", "few")) == expected

@@ -1,6 +1,7 @@
 """Resume after a real preemption signal, determinism, non-finite losses, mismatched checkpoints, two processes."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -59,26 +60,46 @@ def test_same_seed_gives_identical_runs(reference_run, tmp_path):
     assert same_weights(tmp_path / "again" / "last_model", reference_run / "last_model")
 
 
-def test_killed_run_resumes_to_the_same_result(reference_run, tmp_path):
+# Epoch 1 lasts seconds (about 2,000 images in steps of 16), so a signal sent once training has started lands
+# inside it, before any periodic or end-of-epoch checkpoint exists: the one checkpoint there is the signal's own.
+LONGER_EPOCH = ["--n_max", "500"]
+
+
+@pytest.fixture(scope="module")
+def longer_reference_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref_longer") / "run"
+    stage1.run(tiny(out, *LONGER_EPOCH))
+    return out
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_killed_run_checkpoints_where_it_stopped_and_resumes_to_the_same_result(longer_reference_run, tmp_path,
+                                                                                 sig):
     out = tmp_path / "killed"
-    cmd = [sys.executable, "train_stage1.py"] + TINY + ["--output_dir", str(out), "--checkpointing_steps", "3"]
+    cmd = [sys.executable, "train_stage1.py"] + TINY + LONGER_EPOCH + ["--output_dir", str(out)]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:  # wait for the first mid-epoch checkpoint
-        if (out / "checkpoints").is_dir() and any((out / "checkpoints").glob("step_*")):
+    while time.time() < deadline and proc.poll() is None:  # the model summary is logged just before training
+        if (out / "train.log").exists() and "parameters and MACs" in (out / "train.log").read_text():
             break
-        time.sleep(0.2)
+        time.sleep(0.05)
+    time.sleep(0.5)  # a few steps into epoch 1
     assert proc.poll() is None, "the run ended before it could be interrupted:\n" + proc.stdout.read()
-    proc.send_signal(signal.SIGTERM)  # what a preempting scheduler sends
+    proc.send_signal(sig)  # SIGTERM: what a preempting scheduler sends; SIGINT: Ctrl-C
     output, _ = proc.communicate(timeout=240)
     assert proc.returncode == 75, output  # EX_TEMPFAIL: preempted, resume it
-    assert "stopped: stopped by SIGTERM" in output and "--resume_from_checkpoint latest" in output
-    saved = json.loads((list_checkpoints(out)[-1] / "cadel_checkpoint.json").read_text())
-    assert saved["global_step"] >= 3 and not (out / "last_model").exists()
+    assert "--resume_from_checkpoint latest" in output
+    stopped = re.search(rf"stopped by {sig.name} at epoch (\d+) step (\d+)", output)
+    assert stopped, output
+    checkpoints = list_checkpoints(out)
+    assert len(checkpoints) == 1 and not (out / "last_model").exists()  # no periodic checkpoint: it is the signal's
+    saved = json.loads((checkpoints[0] / "cadel_checkpoint.json").read_text())
+    assert (saved["epoch"], saved["step_in_epoch"]) == (1, int(stopped.group(2))) and stopped.group(1) == "1"
+    assert saved["global_step"] == saved["step_in_epoch"] > 0
 
-    stage1.run(tiny(out, "--resume_from_checkpoint", "latest"))
-    assert strip_times(log_of(out)) == strip_times(log_of(reference_run))
-    assert same_weights(out / "last_model", reference_run / "last_model")
+    stage1.run(tiny(out, *LONGER_EPOCH, "--resume_from_checkpoint", "latest"))
+    assert strip_times(log_of(out)) == strip_times(log_of(longer_reference_run))
+    assert same_weights(out / "last_model", longer_reference_run / "last_model")
 
 
 def test_nonfinite_loss_is_skipped_or_stops_with_intact_checkpoint(tmp_path, monkeypatch):

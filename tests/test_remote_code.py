@@ -153,15 +153,18 @@ def test_init_weights_recreates_the_published_heads_init():
 
 @pytest.mark.slow
 @requires_fashion_mnist
-def test_init_from_a_cadel_model_starts_a_new_run_on_new_classes_and_learns(trained_run, tmp_path):
+def test_init_from_a_cadel_model_starts_a_new_run_from_its_weights(trained_run, tmp_path):
     from cadel_modeling.config import parse_config
     from cadel_modeling.stages import stage1
     out, _ = trained_run
-    cfg = parse_config(["--config", "fashion_mnist_lt", "--init_from", str(out / "best_model"), "--epochs", "2",
-                        "--n_max", "60", "--imb_factor", "10", "--val_per_class", "10", "--batch_size", "16",
-                        "--output_dir", str(tmp_path / "finetune"), "--seed", "1"])
-    summary = stage1.run(cfg)
-    assert summary["best_val_top1"] > 0.45, summary  # a fresh ResNet-18 gets ~0.1-0.3 in 2 epochs here
+    args = ["--config", "fashion_mnist_lt", "--epochs", "2", "--n_max", "60", "--imb_factor", "10",
+            "--val_per_class", "10", "--batch_size", "16", "--seed", "1"]
+    summary = stage1.run(parse_config(args + ["--init_from", str(out / "best_model"),
+                                              "--output_dir", str(tmp_path / "finetune")]))
+    fresh = stage1.run(parse_config(args + ["--output_dir", str(tmp_path / "fresh")]))
+    # The same 2 epochs on ~200 images from a random init stay near chance (measured 0.10); from the trained
+    # model, far above it (measured 0.34): the weights really came over.
+    assert summary["best_val_top1"] >= fresh["best_val_top1"] + 0.15, (summary, fresh)
     run_config = (tmp_path / "finetune" / "best_model" / "run_config.yaml").read_text()
     assert f"init_from: {out / 'best_model'}" in run_config
 

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from scipy.stats import chisquare
 
 from cadel_modeling.modeling.heads import weighted_scores
 from cadel_modeling.posthoc import ensemble_scores, exit_weight_candidates, search_exit_weights, simplex_grid, tau_sweep
@@ -123,6 +124,14 @@ def test_crt_changes_only_the_retrained_classifiers(stage2_env, crt_exits):
 
     crt = summary["crt"]
     assert crt["exits"] == ([3] if crt_exits == "last" else [1, 2, 3]) and crt["sampler"] == "class_balanced"
+    # The labels cRT actually drew are class-balanced although the training split is long-tailed (60 -> 3 images
+    # per class): a chi-square test against the uniform distribution. An instance or square-root sampler, whose
+    # draws follow the long tail, gives p < 1e-10 here.
+    drawn = crt["drawn_per_class"]
+    assert sum(drawn) == 3 * (len(data.train) // crt["batch_size"]) * crt["batch_size"]
+    assert chisquare(drawn).pvalue > 1e-3, drawn
+    frequencies = torch.tensor(data.class_counts, dtype=torch.float64) / sum(data.class_counts)
+    assert chisquare(drawn, f_exp=(frequencies * sum(drawn)).tolist()).pvalue < 1e-6  # not the data's own law
     val_curve = [r["val_top1"] for r in crt["log"]]
     assert len(val_curve) == 3 and crt["best_epoch"] == val_curve.index(max(val_curve)) + 1
     assert summary["tau_grid"][0] == 0.0 and summary["ensemble"]["val_top1"] >= summary["val_top1"]

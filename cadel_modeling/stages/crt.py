@@ -112,8 +112,9 @@ def retrain_classifiers(opts: CRTOptions, accelerator, model: CadelForImageClass
     The model is never optimised and runs in eval mode under no_grad (BatchNorm statistics untouched, dropout off,
     as at inference), so only the re-trained classifiers' weights change. The features of every split are gathered
     on every process, and each process makes the same classifier updates from the same global class-balanced
-    batches: a linear layer costs little, there is no gradient all-reduce, and the result is bitwise the same for
-    any number of processes. The epoch with the best validation top-1 of the inference rule (tau = 0) is kept.
+    batches: a linear layer costs little and there is no gradient all-reduce; the weights agree across process counts
+    up to float rounding (intra-op thread counts differ; docs/stage2_and_evaluation.md). The epoch with the best
+    validation top-1 of the inference rule (tau = 0) is kept.
     Returns the val/test exit logits of the re-trained model and the cRT record.
     """
     if is_streamed(data.train):
@@ -158,11 +159,15 @@ def retrain_classifiers(opts: CRTOptions, accelerator, model: CadelForImageClass
 
     schedule = LRSchedule("cosine_epoch", opts.lr, opts.epochs)
     best, log = None, []
+    # The labels actually drawn, over all epochs: recorded so that the class balance of cRT's batches can be
+    # checked from the run's output (tests/test_stage2.py runs a chi-square test on them).
+    drawn = torch.zeros(len(counts), dtype=torch.long)
     for epoch in range(1, opts.epochs + 1):
         set_learning_rate(optimizer, schedule.at(epoch))
         sampler.set_epoch(epoch)
         loss_sum = torch.zeros((), device=accelerator.device)
         for index in index_loader:
+            drawn += torch.bincount(train_labels[index], minlength=len(counts))
             labels = train_labels[index].to(accelerator.device)
             loss = sum(F.cross_entropy(head(f[index].to(accelerator.device)), labels)
                        for head, f in zip(heads, train_features))
@@ -184,4 +189,4 @@ def retrain_classifiers(opts: CRTOptions, accelerator, model: CadelForImageClass
     logits = {s: (logits_from_features([net.exit_classifier(k) for k in every_exit], f, accelerator), y)
               for s, (f, y) in features.items()}
     return logits, {**settings, "best_epoch": best[1], "best_val_top1": best[0], "stage1_val_top1": stage1_val,
-                    "log": log}
+                    "drawn_per_class": drawn.tolist(), "log": log}
