@@ -460,3 +460,12 @@ def test_run_folder_holds_the_documented_outputs(trained_run):
             missing.append(name)
     assert not missing, (f"README lists {', '.join(missing)} but a stage-1 run folder has "
                          f"{sorted(p.name + '/' * p.is_dir() for p in out.iterdir())}")
+
+
+def test_every_source_file_the_docs_name_exists():
+    """A path like `cadel_modeling/modeling/costs.py` in a document points at a file of this checkout."""
+    pattern = re.compile(r"\b((?:cadel_modeling|tests|benchmarks|tools|accelerate_configs)/[\w/.-]+\.(?:py|yaml))")
+    named = {(doc.relative_to(REPO).as_posix(), path) for doc in DOCS for path in pattern.findall(doc.read_text())}
+    assert len(named) >= 10  # the extractor finds the documents' paths
+    missing = sorted(f"{doc}: {path}" for doc, path in named if not (REPO / path).is_file())
+    assert not missing, missing

@@ -72,7 +72,7 @@ def longer_reference_run(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_killed_run_checkpoints_where_it_stopped_and_resumes_to_the_same_result(longer_reference_run, tmp_path,
                                                                                  sig):
     out = tmp_path / "killed"
