@@ -95,7 +95,7 @@ def test_killed_run_checkpoints_where_it_stopped_and_resumes_to_the_same_result(
     assert len(checkpoints) == 1 and not (out / "last_model").exists()  # no periodic checkpoint: it is the signal's
     saved = json.loads((checkpoints[0] / "cadel_checkpoint.json").read_text())
     assert (saved["epoch"], saved["step_in_epoch"]) == (1, int(stopped.group(2))) and stopped.group(1) == "1"
-    assert saved["global_step"] == saved["step_in_epoch"] > 0
+    assert saved["global_step"] == saved["step_in_epoch"]  # 0 if the signal beat the first step: still the signal's
 
     stage1.run(tiny(out, *LONGER_EPOCH, "--resume_from_checkpoint", "latest"))
     assert strip_times(log_of(out)) == strip_times(log_of(longer_reference_run))
