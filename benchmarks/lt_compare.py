@@ -41,6 +41,7 @@ RECIPES = {
                      "LiVT's balanced BCE, one exit (ViT backbones)"),
 }
 DEFAULT_RECIPES = ["ce", "la_loss", "balanced_softmax", "cadel", "cadel_legacy", "cadel_balanced"]
+BASELINE = "CE + post-hoc LA"   # the recipe every other one is compared with, seed by seed
 METRICS = {"All": "accuracy", "Many": "many_accuracy", "Medium": "medium_accuracy", "Few": "few_accuracy",
            "ECE": "ece"}
 
@@ -113,33 +114,66 @@ def aggregate(runs: List[dict]) -> Dict[str, dict]:
             for label, metrics in table.items()}
 
 
-def markdown(agg: Dict[str, dict]) -> str:
-    lines = ["| recipe | " + " | ".join(METRICS) + " |", "|---|" + "---|" * len(METRICS)]
+def paired(runs: List[dict], baseline: str = BASELINE) -> Dict[str, dict]:
+    """row label -> test top-1 minus the baseline's on the same seed (same data split and initialisation), in
+    points: {mean, std, n, wins, values}. Pairing removes the seed-to-seed variation the two recipes share, which
+    the per-recipe spreads still contain. Empty when the baseline is not in the grid."""
+    base = {r["seed"]: r["rows"][baseline]["All"] for r in runs if baseline in r["rows"]}
+    diffs: Dict[str, list] = {}
+    for run in runs:
+        if run["seed"] in base:
+            for label, metrics in run["rows"].items():
+                diffs.setdefault(label, []).append(100 * (metrics["All"] - base[run["seed"]]))
+    return {label: {"mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0, "n": len(v),
+                    "wins": sum(d > 0 for d in v), "values": v}
+            for label, v in diffs.items() if label != baseline}
+
+
+def markdown(agg: Dict[str, dict], diffs: Dict[str, dict]) -> str:
+    extra = [f"Δ All vs {BASELINE} (paired)"] if diffs else []
+    lines = ["| recipe | " + " | ".join(list(METRICS) + extra) + " |", "|---|" + "---|" * (len(METRICS) + len(extra))]
     for label, metrics in agg.items():
-        lines.append(f"| {label} | " + " | ".join("–" if metrics[m]["mean"] is None else
-                                                 f"{metrics[m]['mean']:.1f} ± {metrics[m]['std']:.1f}"
-                                                 for m in METRICS) + " |")
+        cells = ["–" if metrics[m]["mean"] is None else f"{metrics[m]['mean']:.1f} ± {metrics[m]['std']:.1f}"
+                 for m in METRICS]
+        if diffs:
+            d = diffs.get(label)
+            cells.append("baseline" if d is None else
+                         f"{d['mean']:+.1f} ± {d['std']:.1f} ({d['wins']}/{d['n']} seeds ahead)")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def plot(agg: Dict[str, dict], path: Path, title: str) -> None:
-    """Mean top-1 per recipe with error bars (std over seeds), overall and per shot group."""
+def plot(agg: Dict[str, dict], diffs: Dict[str, dict], path: Path, title: str) -> None:
+    """Top: mean top-1 per recipe with error bars (std over seeds), overall and per shot group. Bottom (when the
+    baseline ran): each recipe minus the baseline on the same seed, one dot per seed, mean ± std; differences of a
+    point or two are invisible on the top panel's 0-100 scale."""
     import numpy as np
     from matplotlib.figure import Figure
 
     labels = list(agg)
     groups = ["All", "Many", "Medium", "Few"]
-    fig = Figure(figsize=(12, 5), layout="constrained")
-    ax = fig.add_subplot()
+    fig = Figure(figsize=(12, 8 if diffs else 5), layout="constrained")
+    axes = fig.subplots(2 if diffs else 1, 1, sharex=True, height_ratios=[3, 2] if diffs else None, squeeze=False)
+    ax = axes[0, 0]
     width = 0.8 / len(groups)
     x = np.arange(len(labels))
     for g, group in enumerate(groups):
         means = [agg[label][group]["mean"] or 0.0 for label in labels]
         stds = [agg[label][group]["std"] for label in labels]
         ax.bar(x + (g - (len(groups) - 1) / 2) * width, means, width, yerr=stds, capsize=3, label=group)
-    ax.set_xticks(x, labels, rotation=25, ha="right")
     ax.set(ylabel="test top-1 (%), mean ± std over seeds", title=title, ylim=(0, 100))
     ax.legend(ncols=len(groups), loc="upper left")
+    if diffs:
+        ax = axes[1, 0]
+        ax.axhline(0.0, color="grey", linewidth=1)
+        for k, label in enumerate(labels):
+            d = diffs.get(label)
+            if d is None:
+                continue
+            ax.scatter([k] * len(d["values"]), d["values"], color="tab:blue", alpha=0.5, s=18)
+            ax.errorbar([k], [d["mean"]], yerr=[d["std"]], fmt="o", color="black", capsize=4)
+        ax.set(ylabel=f"All minus {BASELINE}\n(same seed, points)")
+    axes[-1, 0].set_xticks(x, labels, rotation=25, ha="right")
     fig.savefig(path, dpi=110)
 
 
@@ -174,17 +208,18 @@ def main(argv: Optional[List[str]] = None) -> int:
             runs.append(run)
             print(f"{recipe} seed {seed}: " + ", ".join(f"{label} {100 * r['All']:.1f}"
                                                          for label, r in run["rows"].items()), flush=True)
-    agg = aggregate(runs)
-    table = markdown(agg)
+    agg, diffs = aggregate(runs), paired(runs)
+    table = markdown(agg, diffs)
     cpu_s = sum(r["stage1_s"] + r["stage2_s"] for r in runs)
     how = (f"`python benchmarks/lt_compare.py {' '.join(argv)}`: {args.config}, IF {args.imb_factor:g}, "
            f"{args.epochs} epochs, seeds {args.seeds}; best epoch, tau and exit weights chosen on val; test split; "
-           f"{len(runs)} runs, {cpu_s / 60:.0f} min of training and stage 2 in this run")
+           f"{len(runs)} runs, {cpu_s / 60:.0f} min of stage 1 + stage 2 wall time summed over the runs")
     result = {"how": how, "recipes": {r: RECIPES[r][1] for r in args.recipes}, "extra_stage1_flags": extra,
-              "aggregate": agg, "runs": runs, "wall_s": round(time.time() - started, 1)}
+              "aggregate": agg, "paired_vs_baseline": {"baseline": BASELINE, "All": diffs}, "runs": runs,
+              "wall_s": round(time.time() - started, 1)}
     (out / "results.json").write_text(json.dumps(result, indent=2))
     (out / "table.md").write_text(table + "\n\n" + how + "\n")
-    plot(agg, out / "lt_compare.png", f"{args.config}, IF {args.imb_factor:g}, {args.epochs} epochs, "
+    plot(agg, diffs, out / "lt_compare.png", f"{args.config}, IF {args.imb_factor:g}, {args.epochs} epochs, "
                                       f"{len(args.seeds)} seeds")
     if args.results:
         Path(args.results).parent.mkdir(parents=True, exist_ok=True)
