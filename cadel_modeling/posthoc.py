@@ -47,7 +47,7 @@ def selection_name(selection: Tuple[int, ...], num_exits: int) -> str:
 
 
 def tau_sweep(exit_logits: torch.Tensor, labels: torch.Tensor, class_counts: Sequence[int], grid: Sequence[float],
-              rule: str = "last", exits: Optional[Sequence[int]] = None) -> List[Dict[str, float]]:
+              rule: str, exits: Optional[Sequence[int]] = None) -> List[Dict[str, float]]:
     """Top-1 for every tau of ``grid`` (in memory, no forward pass)."""
     out = []
     for tau in grid:
@@ -65,14 +65,14 @@ def pick_tau(sweep: List[Dict[str, float]]) -> float:
 # ------------------------------------------------------------------------------------------------ exit weights
 def simplex_grid(num_exits: int, step: float) -> List[Tuple[float, ...]]:
     """Every weighting with weights in ``{0, step, 2*step, .., 1}`` summing to 1 (66 points for 3 exits, step 0.1)."""
-    parts = round(1 / step) if step > 0 else 0
-    if parts < 1 or abs(parts * step - 1) > 1e-9:
+    if not step > 0 or abs(round(1 / step) * step - 1) > 1e-9:
         raise ValueError(f"exit weight grid step {step} must be 1/m for a whole m (0.1, 0.125, 0.25, ..)")
+    parts = round(1 / step)
     return [tuple(i / parts for i in combo) for combo in itertools.product(range(parts + 1), repeat=num_exits)
             if sum(combo) == parts]
 
 
-def exit_weight_candidates(num_exits: int, step: float, rule: str = "last") -> List[Tuple[str, Tuple[float, ...]]]:
+def exit_weight_candidates(num_exits: int, step: float, rule: str) -> List[Tuple[str, Tuple[float, ...]]]:
     """Named weightings, searched in this order: the model's own rule, the other rule, then the simplex grid."""
     rules = {"last": ("last exit (CNN rule)", (0.0,) * (num_exits - 1) + (1.0,)),
              "sum": ("sum of exits (ViT rule)", (1.0,) * num_exits)}
@@ -81,7 +81,7 @@ def exit_weight_candidates(num_exits: int, step: float, rule: str = "last") -> L
 
 
 def search_exit_weights(exit_logits: torch.Tensor, labels: torch.Tensor, class_counts: Sequence[int],
-                        tau_grid: Sequence[float], step: float = 0.1, rule: str = "last") -> dict:
+                        tau_grid: Sequence[float], step: float, rule: str) -> dict:
     """Exit weights and tau with the best top-1 on (validation) logits; the first maximum in candidate order wins,
     so a tie keeps the model's rule. Returns the choice, the rules' own best top-1 and the candidate count."""
     labels = labels.to(exit_logits.device)
@@ -92,7 +92,7 @@ def search_exit_weights(exit_logits: torch.Tensor, labels: torch.Tensor, class_c
             scores = weighted_scores(exit_logits, weights, class_counts, float(tau))
             top1 = (scores.argmax(-1) == labels).float().mean().item()
             if name != "grid":
-                rules_top1[name] = max(rules_top1.get(name, -1.0), top1)
+                rules_top1[name] = max(rules_top1.get(name, top1), top1)
             if best is None or top1 > best["val_top1"]:
                 best = {"weights": list(weights), "tau": float(tau), "val_top1": top1, "source": name}
     total = sum(best["weights"])

@@ -7,6 +7,12 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# `pytest -n 2` on a 2-core machine: one thread per worker (and for the trainers it starts). torch's default of one
+# thread per core puts 4+ busy threads on 2 cores: measured, the suite took 20 minutes that way and 6 with this
+# (docs/testing.md).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 # The real ImageNet-LT/iNat18 counts and split lists live beside the repository (never committed).

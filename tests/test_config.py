@@ -1,8 +1,19 @@
 """Presets, YAML files and command-line overrides: precedence, types, and errors that name the fix."""
+import re
+
 import pytest
 import yaml
 
-from cadel_modeling.config import STAGE2, ConfigError, RunConfig, load_run_config, parse_config, preset_names
+from cadel_modeling.config import (
+    EVALUATE,
+    STAGE1,
+    STAGE2,
+    ConfigError,
+    RunConfig,
+    load_run_config,
+    parse_config,
+    preset_names,
+)
 
 
 def test_defaults_without_preset():
@@ -100,7 +111,7 @@ def test_hf_example_names_and_bare_booleans(monkeypatch):
 
 
 def test_each_command_takes_only_its_own_flags():
-    from cadel_modeling.config import EVALUATE
+
     with pytest.raises(ConfigError, match="--mixup_alpha is not a flag of stage 2 .*keep the settings the model was"):
         parse_config(["--mixup_alpha", "0.2"], command=STAGE2)
     with pytest.raises(ConfigError, match="--tau_grid is not a flag of evaluation"):
@@ -140,3 +151,164 @@ def test_dataset_level_presets_resolve_to_the_papers_headline_rows():
         assert alias.backbone == backbone and alias.output_dir == f"runs/{name}"
         assert {**alias.to_dict(), "output_dir": None} == {**full.to_dict(), "output_dir": None}
         assert paper_result(alias.dataset, alias.backbone, alias.image_size)["accuracy"] == top1
+
+
+@pytest.mark.parametrize("argv, command, message", [
+    (["--lrr=0.1"], STAGE1, "unknown option '--lrr=0.1'; did you mean '--lr' (alias --learning_rate)?"),
+    (["--tau-grid=[1]"], STAGE1, "--tau_grid is not a flag of stage 1 (it is used by stage 2); remove it"),
+    (["--eval_exits", "[1]"], STAGE1, "--eval_exits is not a flag of stage 1 (it is used by stage 2, evaluation); "
+                                      "remove it"),
+    (["--learning_rate", "0.1"], STAGE2, "--lr is not a flag of stage 2 (it is used by stage 1); stage 2 and "
+                                         "evaluation keep the settings the model was trained with"),
+    (["--tau_grid", "[1]"], STAGE1, "--tau_grid is not a flag of stage 1 (it is used by stage 2); remove it"),
+    (["--mixup-alpha", "0.2"], STAGE2, "--mixup_alpha is not a flag of stage 2 (it is used by stage 1); stage 2 and "
+                                       "evaluation keep the settings the model was trained with"),
+    (["--tau_grid", "[1]"], EVALUATE, "--tau_grid is not a flag of evaluation (it is used by stage 2); stage 2 and "
+                                      "evaluation keep the settings the model was trained with"),
+])
+def test_flag_errors_word_for_word(argv, command, message):
+    with pytest.raises(ConfigError) as exc:
+        parse_config(argv, command=command)
+    assert str(exc.value) == message
+
+
+def test_closest_flag_always_suggests_something_when_there_are_flags():
+    from cadel_modeling.config.parsing import closest_flag
+    assert closest_flag("lerning_rate", ["lr", "epochs"]) == "'--lr' (alias --learning_rate)"
+    assert closest_flag("zzzzz", ["lr", "epochs"]) == "'--epochs' (alias --num_train_epochs)"  # below the 0.5 cutoff
+    assert closest_flag("epoch", ["lr", "epochs"]) == "'--epochs' (alias --num_train_epochs)"
+    assert closest_flag("seeed", ["seed", "lr"]) == "'--seed'"
+    assert closest_flag("x", []) == ""
+
+
+def test_a_saved_run_config_with_a_bad_key_or_value_names_the_file(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("lrr: 0.1\n")
+    with pytest.raises(ConfigError) as exc:
+        load_run_config(path)
+    assert str(exc.value) == f"unknown config key 'lrr' in {path}; did you mean 'lr' (alias --learning_rate)?"
+    path.write_text("epochs: many\n")
+    with pytest.raises(ConfigError) as exc:
+        load_run_config(path)
+    assert str(exc.value) == f"epochs in {path} should be int, got 'many'"
+
+
+def test_per_device_batch_and_tracking_switches(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert parse_config(["--per_device_train_batch_size", "8"]).batch_size == 8              # one process
+    assert parse_config(["--per_device_train_batch_size", "8", "--grad_accum_steps", "3"]).batch_size == 24
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert parse_config(["--per_device_train_batch_size", "8"]).batch_size == 32
+    assert parse_config(["--with_tracking", "--report_to", "tensorboard"]).report_to == "tensorboard"
+    assert parse_config(["--with_tracking"]).report_to == "all"
+    assert parse_config([]).report_to == "none"
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("hflip", "true", True), ("hflip", "False", False), ("hflip", "YES", True), ("hflip", "no", False),
+    ("hflip", "1", True), ("hflip", "0", False), ("hflip", True, True),
+    ("epochs", 3, 3), ("epochs", 2.0, 2),
+    ("lr", "1e-4", 1e-4), ("lr", 1, 1.0), ("backbone_lr", "0.5", 0.5), ("backbone_lr", None, None),
+    ("tau_grid", 0.5, [0.5]), ("tau_grid", [0, 1], [0, 1]), ("exit_blocks", None, None),
+    ("backbone_kwargs", {"a": 1}, {"a": 1}),
+    ("backbone", 18, "18"), ("backbone", 1.5, "1.5"), ("run_name", None, None),
+])
+def test_coerce_converts_each_kind(key, value, expected):
+    from cadel_modeling.config.parsing import coerce
+    got = coerce(key, value, "here")
+    assert got == expected and type(got) is type(expected)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("hflip", "maybe", "hflip in here should be bool, got 'maybe'"),
+    ("hflip", 1, "hflip in here should be bool, got 1"),
+    ("epochs", 2.5, "epochs in here should be int, got 2.5"),
+    ("epochs", True, "epochs in here should be int, got True"),
+    ("lr", "fast", "lr in here should be float, got 'fast'"),
+    ("lr", True, "lr in here should be float, got True"),
+    ("tau_grid", True, "tau_grid in here should be list, got True"),
+    ("tau_grid", {"a": 1}, "tau_grid in here should be list, got {'a': 1}"),
+    ("backbone_kwargs", [1], "backbone_kwargs in here should be dict, got [1]"),
+    ("backbone", True, "backbone in here should be str, got True"),
+    ("backbone", [1], "backbone in here should be str, got [1]"),
+    ("seed", None, "seed in here cannot be null"),
+    ("backbone_lr", "x", "backbone_lr in here should be Optional[float], got 'x'"),
+])
+def test_coerce_refuses_values_of_another_kind(key, value, message):
+    from cadel_modeling.config.parsing import coerce
+    with pytest.raises(ConfigError) as exc:
+        coerce(key, value, "here")
+    assert str(exc.value) == message
+
+
+@pytest.mark.parametrize("command", [STAGE1, STAGE2, EVALUATE])
+def test_help_shows_every_flag_with_its_kind_help_default_and_aliases(command):
+    import dataclasses
+
+    from cadel_modeling.config.parsing import GROUPS, build_parser, fields_of
+    text = " ".join(build_parser(command, "What this command does.").format_help().split())
+    assert "[--config PRESET|FILE] [--KEY VALUE ...] What this command does." in text
+    assert ("-c PRESET|FILE, --config PRESET|FILE a preset (imagenet_lt, inat18, places_lt = the paper's CNN rows; "
+            "*_vit = its ViT-B/16 224 rows; --list_presets shows all) or a YAML file; flags override it") in text
+    assert "--list_presets list the presets with their paper numbers" in text
+    assert "--debug show the traceback of an error" in text
+    kinds = {"bool": "[BOOL]", "int": "INT", "float": "FLOAT", "str": "STR", "list": "LIST", "dict": "DICT"}
+    for name, fld in fields_of(command).items():
+        default = fld.default if fld.default is not dataclasses.MISSING else fld.default_factory()
+        notes = ([f"default {default}"] if default not in (None, {}, "") else []) + \
+            [f"alias --{a}" for a in fld.metadata["aliases"]]
+        choices = fld.metadata["choices"]
+        metavar = "{" + ",".join(map(str, choices)) + "}" if choices else kinds[str(fld.type).replace(
+            "Optional[", "").rstrip("]")]
+        expected = f"--{name} {metavar} {fld.metadata['help']}" + (f" [{'; '.join(notes)}]" if notes else "")
+        # the help ends there: the next flag or group title follows (no stray brackets or text)
+        assert re.search(re.escape(" ".join(expected.split())) + r"(?= --| [A-Z][A-Za-z0-9 -]*: |$)", text), name
+        assert f"--{name.replace('_', '-')} " not in text or "_" not in name   # hidden spellings stay hidden
+        group = fld.metadata["group"]
+        assert f"{group}: {GROUPS[group][0]}:" in text
+
+
+def test_hidden_spellings_are_accepted_and_abbreviations_are_not():
+    cfg = parse_config(["--learning-rate", "0.3", "--num-train-epochs", "4", "--weight-decay", "0.01", "-c",
+                        "fashion_mnist_lt", "--hflip"])
+    assert (cfg.lr, cfg.epochs, cfg.weight_decay, cfg.hflip) == (0.3, 4, 0.01, True)
+    with pytest.raises(ConfigError, match="unknown option '--epoch'"):
+        parse_config(["--epoch", "3"])
+    with pytest.raises(SystemExit):   # a flag that takes a value does not take none
+        parse_config(["--epochs"])
+
+
+@pytest.mark.parametrize("columns, width", [(80, 120), (140, 140), (300, 160)])
+def test_help_width_follows_the_terminal_between_120_and_160(monkeypatch, columns, width):
+    import os
+
+    from cadel_modeling.config import parsing
+    monkeypatch.setattr(parsing.shutil, "get_terminal_size", lambda: os.terminal_size((columns, 40)))
+    formatter = parsing._HelpFormatter("prog")
+    assert (formatter._prog, formatter._width, formatter._max_help_position) == ("prog", width, 32)
+
+
+def test_help_description_and_config_sources_in_messages(capsys, tmp_path):
+    with pytest.raises(SystemExit):
+        parse_config(["--help"], description="Trains the cascade.")
+    assert "\nTrains the cascade.\n" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        parse_config(["--help"])
+    assert capsys.readouterr().out.split("\n")[1:3] == ["", "options:"]     # no description: none shown
+    with pytest.raises(ConfigError) as exc:
+        parse_config([], base={"lrr": 0.1})
+    assert str(exc.value) == "unknown config key 'lrr' in the base config; did you mean 'lr' (alias --learning_rate)?"
+    preset = tmp_path / "mine.yaml"
+    preset.write_text("lr: fast\n")
+    with pytest.raises(ConfigError) as exc:
+        parse_config(["--config", str(preset)])
+    assert str(exc.value) == f"lr in {preset} should be float, got 'fast'"
+    preset.write_text("lrr: 0.1\n")
+    with pytest.raises(ConfigError) as exc:
+        parse_config(["--config", str(preset)])
+    assert str(exc.value).startswith(f"unknown config key 'lrr' in {preset}; ")
+
+
+def test_hidden_bool_spellings_take_no_value():
+    cfg = parse_config(["--push-to-hub", "--hub-private"])
+    assert cfg.push_to_hub is True and cfg.hub_private is True

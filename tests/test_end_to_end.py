@@ -71,3 +71,23 @@ def test_used_output_dir_is_never_overwritten(trained_run):
     with pytest.raises(FileExistsError, match="--overwrite_output_dir"):
         stage1.run(parse_config(["--config", "fashion_mnist_lt", "--output_dir", str(out)]))
     assert (out / "train_log.jsonl").read_text() == before
+
+
+def test_a_vit_cascade_selects_its_best_epoch_with_the_vit_rule(tmp_path):
+    """ViTs score validation with the tau=1 logit-adjusted sum of exits; best_model/ re-evaluated gives that score."""
+    from cadel_modeling.stages import stage1
+    out = tmp_path / "vit"
+    summary = stage1.run(parse_config(["--config", "fashion_mnist_lt", "--backbone", "test_vit", "--n_max", "60",
+                                       "--imb_factor", "10", "--val_per_class", "10", "--epochs", "3",
+                                       "--batch_size", "16", "--eval_batch_size", "100", "--log_every", "0",
+                                       "--output_dir", str(out)]))
+    assert summary["selection"] == "val top-1 of the tau=1 logit-adjusted sum of exits (ViT rule)"
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    best = max(log, key=lambda r: r["val_top1"])
+    assert (summary["best_epoch"], summary["best_val_top1"]) == (best["epoch"], best["val_top1"])
+    model = CadelForImageClassification.from_pretrained(str(out / "best_model"))
+    assert model.config.resolved_inference_rule == "sum"
+    # stage 2 runs best_model on val again and sweeps tau for the sum rule: its tau = 1 is stage 1's selection score
+    stage2.run(resolve_config(STAGE2, ["--stage1_dir", str(out)], ""))
+    sweep = json.loads((out / "stage2_logit_adjustment" / "stage2_results.json").read_text())["val_sweep"]
+    assert next(r["top1"] for r in sweep if r["tau"] == 1.0) == pytest.approx(best["val_top1"], abs=1e-6)

@@ -350,3 +350,44 @@ def test_balanced_cascade_weights_use_the_adjusted_probabilities():
 def test_balanced_losses_need_the_class_counts():
     with pytest.raises(ValueError, match="class_counts"):
         CascadeLoss(base_loss="balanced_softmax")
+
+
+# ----------------------------------------------------------------------------------------------- details
+def test_bin_edges_are_exact_in_the_confidences_precision():
+    # k/10 is not representable in float32; in float64 each value k/10 sits exactly on its bin's left edge
+    m = torch.arange(11, dtype=torch.float64) / 10
+    w = confidence_bin_weights(m, bins=10, gamma=1.0, base_weight=0.0)
+    assert w.tolist() == [1 / 11] * 9 + [2 / 11] * 2      # 0.9 and 1.0 share the top bin
+
+
+def test_loss_options_validation_and_state():
+    assert CascadeLoss(bins=1).bins == 1
+    with pytest.raises(ValueError, match="bins must be a positive integer, got 0"):
+        CascadeLoss(bins=0)
+    with pytest.raises(ValueError) as exc:
+        CascadeLoss()([], torch.arange(2))
+    assert str(exc.value) == "exit_logits is empty; pass the logits of every exit, shallow to deep"
+    counts = [30, 10, 3, 1]
+    adjusted = CascadeLoss(base_loss="logit_adjusted", class_counts=counts, la_tau=1.5)
+    assert "la_tau=1.5" in repr(adjusted) and adjusted.last_mean_weight is None
+    assert repr(CascadeLoss()).endswith("weight_mode='per_sample', base_loss='ce')")   # la_tau only where it acts
+    assert dict(adjusted.state_dict()) == {}     # the offset follows from class_counts: not saved with a model
+
+
+def test_balanced_softmax_is_log_counts_whatever_la_tau():
+    gen = torch.Generator().manual_seed(0)
+    z, y, counts = torch.randn(12, 4, generator=gen), torch.randint(0, 4, (12,), generator=gen), [30, 10, 3, 1]
+    expected = F.cross_entropy(z.double() + torch.log(torch.tensor(counts, dtype=torch.float64)), y)
+    for la_tau in (1.0, 2.0):
+        plain = CascadeLoss(bins=1, gamma=0.0, base_weight=1.0, base_loss="balanced_softmax", class_counts=counts,
+                            la_tau=la_tau)
+        assert plain([z], y, T=1.0).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_half_precision_exits_give_a_float32_loss_and_T_defaults_to_zero():
+    logits, y, _ = random_exits(3)
+    criterion = CascadeLoss()
+    half = [z.bfloat16() for z in logits]
+    loss = criterion(half, y)
+    assert loss.dtype == torch.float32
+    assert torch.equal(loss, criterion([z.float() for z in half], y, None, 1.0, 0.0))

@@ -55,7 +55,6 @@ def coerce(key: str, value: Any, where: str) -> Any:
         if optional:
             return None
         raise ConfigError(f"{key} in {where} cannot be null")
-    ok = True
     if kind == "bool":
         if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
             value = value.lower() in ("true", "yes", "1")
@@ -74,7 +73,7 @@ def coerce(key: str, value: Any, where: str) -> Any:
         ok = isinstance(value, list)
     elif kind == "dict":
         ok = isinstance(value, dict)
-    elif kind == "str":
+    else:  # str
         ok = isinstance(value, (str, int, float)) and not isinstance(value, bool)
         value = str(value) if ok else value
     if not ok:
@@ -91,8 +90,7 @@ def coerce(key: str, value: Any, where: str) -> Any:
 def closest_flag(word: str, names: Sequence[str]) -> str:
     """'--lr (alias --learning_rate)' style suggestion among ``names`` and their aliases."""
     candidates = list(names) + [a for a, n in ALIASES.items() if n in names]
-    match = difflib.get_close_matches(word, candidates, n=1, cutoff=0.5) or \
-        difflib.get_close_matches(word, candidates, n=1, cutoff=0.0)
+    match = difflib.get_close_matches(word, candidates, n=1, cutoff=0.0)  # the closest, however far
     if not match:
         return ""
     name = ALIASES.get(match[0], match[0])
@@ -102,7 +100,7 @@ def closest_flag(word: str, names: Sequence[str]) -> str:
 
 def check_key(key: str, where: str) -> None:
     if key not in FIELDS:
-        suggestion = closest_flag(key, list(FIELDS)).replace("'--", "'", 1)
+        suggestion = closest_flag(key, list(FIELDS)).replace("'--", "'")
         raise ConfigError(f"unknown config key {key!r} in {where}; did you mean {suggestion}?")
 
 
@@ -160,7 +158,7 @@ def build_parser(command: str, description: str) -> argparse.ArgumentParser:
         aliases = fld.metadata["aliases"]
         notes = ([] if default in (None, {}, "") else [f"default {default}"]) + [f"alias --{a}" for a in aliases]
         shown = fld.metadata["help"] + (f" [{'; '.join(notes)}]" if notes else "")
-        group.add_argument(f"--{name}", dest=name, default=argparse.SUPPRESS, metavar=_metavar(name),
+        group.add_argument(f"--{name}", default=argparse.SUPPRESS, metavar=_metavar(name),
                            type=yaml.safe_load, help=shown, **bare)
         hidden = [f"--{name.replace('_', '-')}"] if "_" in name else []
         hidden += [f"--{a}" for a in aliases] + [f"--{a.replace('_', '-')}" for a in aliases if "_" in a]
@@ -176,7 +174,7 @@ def _unknown_flag_error(bad: str, command: str) -> ConfigError:
     if not bad.startswith("-"):
         return ConfigError(f"unexpected argument {bad!r}; options take the form --key value")
     if key in FIELDS:
-        users = ", ".join(COMMAND_NAMES[c] for c in FIELDS[key].metadata["commands"]) or "no command"
+        users = ", ".join(COMMAND_NAMES[c] for c in FIELDS[key].metadata["commands"])
         return ConfigError(f"--{key} is not a flag of {COMMAND_NAMES[command]} (it is used by {users}); "
                            + ("stage 2 and evaluation keep the settings the model was trained with"
                               if command != STAGE1 else "remove it"))

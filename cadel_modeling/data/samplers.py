@@ -96,7 +96,7 @@ class ClassAwareSampler(Sampler[int]):
 
 
 def make_sampler(
-    name: str, labels: Sequence[int], seed: int = 0, num_samples: int | None = None
+    name: str, labels: Sequence[int], *, seed: int, num_samples: int | None = None
 ) -> ClassAwareSampler | None:
     """Sampler for ``name``; ``"instance"`` returns ``None`` so the DataLoader shuffles plainly (CADEL's default)."""
     if name not in SAMPLER_CHOICES:

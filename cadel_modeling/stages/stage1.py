@@ -23,7 +23,13 @@ from accelerate.utils import set_seed
 from ..config import RunConfig
 from ..data import DataOptions, build_datasets, is_streamed
 from ..data.gpu_augment import DeviceAugment
-from ..data.loaders import LoaderSpec, build_eval_loader, build_train_loader, streamed_steps_per_epoch
+from ..data.loaders import (
+    LoaderSpec,
+    build_eval_loader,
+    build_train_loader,
+    per_process_batch,
+    streamed_steps_per_epoch,
+)
 from ..inference import predict, predict_split, process_invariant_loader
 from ..metrics import group_accuracies, top1
 from ..modeling.costs import model_summary
@@ -31,7 +37,7 @@ from ..modeling.factory import build_model, load_model, save_model
 from ..modeling.heads import adjust_logits, combine_exits
 from ..results import write_report
 from ..training import tracking
-from ..training.accelerator import enable_fast_kernels, make_accelerator
+from ..training.accelerator import enable_fast_kernels, make_accelerator, replica_digests, sync_buffers_from_main
 from ..training.checkpointing import (
     CheckpointError,
     TrainState,
@@ -131,6 +137,9 @@ def run_info(cfg: RunConfig, data, accelerator) -> dict:
     import timm
     import transformers
     return {"run_id": cfg.run_id, "command": command_line(), "num_processes": accelerator.num_processes,
+            "global_batch_size": cfg.batch_size,
+            "batch_size_per_process": per_process_batch(cfg.batch_size, accelerator.num_processes,
+                                                        cfg.grad_accum_steps),
             "mixed_precision": accelerator.mixed_precision, "device": str(accelerator.device),
             "versions": {"python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__,
                          "accelerate": accelerate.__version__, "transformers": transformers.__version__},
@@ -257,6 +266,7 @@ def run(cfg: RunConfig) -> dict:
                 stats = train_one_epoch(model, train_loader, optimizer, loss_fn, accelerator, opts, state,
                                         steps_per_epoch=steps_per_epoch, preemption=preemption,
                                         on_checkpoint=checkpoint, on_step=log_step, prepare_batch=prepare_batch)
+                sync_buffers_from_main(accelerator, net)  # validation and saves see the same BatchNorm statistics
                 if preemption.requested:
                     path = save_checkpoint(accelerator, model, optimizer, state, out, cfg.keep_last_checkpoints,
                                            meta)
@@ -302,7 +312,8 @@ def run(cfg: RunConfig) -> dict:
     rule = ("the tau=1 logit-adjusted sum of exits (ViT rule)" if net.config.resolved_inference_rule == "sum"
             else "the raw last exit (CNN rule)")
     summary = {"run_id": cfg.run_id, "best_val_top1": state.best_metric, "best_epoch": state.best_epoch,
-               "epochs": cfg.epochs, "skipped_steps": state.skipped_steps, "selection": f"val top-1 of {rule}"}
+               "epochs": cfg.epochs, "skipped_steps": state.skipped_steps, "selection": f"val top-1 of {rule}",
+               "replica_weight_digests": replica_digests(accelerator, net)}
     if cfg.push_to_hub:  # the published stage-1 model carries its validation results
         evaluate_best_on_val(accelerator, out / "best_model", data, loader_spec)
     if accelerator.is_main_process:

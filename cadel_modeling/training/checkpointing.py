@@ -55,6 +55,7 @@ class TrainState:
     consecutive_skipped: int = 0   # the current streak; max_skipped_steps of them stop the run
     epoch_loss_sum: float = 0.0    # running loss of the epoch in progress, so a resumed epoch logs the same mean
     epoch_loss_count: int = 0
+    epoch_images: int = 0          # images this process drew in the epoch in progress (micro-batches included)
 
     def state_dict(self) -> dict:
         return asdict(self)

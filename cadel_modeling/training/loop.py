@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
 
 import torch
+from accelerate.utils import gather_object
 
 from ..utils.logging import progress
 from .checkpointing import TrainState
@@ -222,13 +223,15 @@ def train_one_epoch(model, loader, optimizer, loss_fn, accelerator, opts: LoopOp
         torch.manual_seed(seed)
         mixup_gen.manual_seed(seed)
         if guard and micro == 0:
-            torch._foreach_copy_(snapshot, buffers)
+            if buffers:  # a ViT has none (LayerNorm keeps no running statistics); _foreach_copy_ refuses empty lists
+                torch._foreach_copy_(snapshot, buffers)
             step_bad.zero_()
             step_loss.zero_()
         x = prepare_batch(batch) if prepare_batch is not None else batch["pixel_values"]
         if opts.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         x, y_a, y_b, lam = mixup_batch(x, batch["labels"], opts.mixup_alpha, mixup_gen)
+        state.epoch_images += x.shape[0]  # a host integer: no device read
         if preemption is not None and preemption.requested and not stop_raised:
             stop_asked.fill_(1.0)  # a device write only when the signal arrives, not a read every step
             stop_raised = True
@@ -282,12 +285,13 @@ def train_one_epoch(model, loader, optimizer, loss_fn, accelerator, opts: LoopOp
     bar.close()
     if stop and preemption is not None:
         preemption.requested = True
-    steps_taken = accelerator.reduce(taken, reduction="mean").item()
+    steps_taken = accelerator.reduce(taken, reduction="mean").item() / accum  # taken counts micro-batches
     mean = accelerator.reduce(loss_sum / taken.clamp(min=1), reduction="mean").item() if steps_taken else math.nan
+    images = gather_object([state.epoch_images])
     if stop:
         state.epoch_loss_sum, state.epoch_loss_count = loss_sum.item(), int(taken.item())
     else:
-        state.epoch_loss_sum, state.epoch_loss_count = 0.0, 0
+        state.epoch_loss_sum, state.epoch_loss_count, state.epoch_images = 0.0, 0, 0
     return {"train_loss": mean, "steps_taken": int(steps_taken), "T": T, "skipped_steps": state.skipped_steps,
-            "lr": opts.schedule.at(state.epoch, 0, steps_per_epoch)}
+            "lr": opts.schedule.at(state.epoch, 0, steps_per_epoch), "images_per_process": images}
 

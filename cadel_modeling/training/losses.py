@@ -54,12 +54,11 @@ def mixup_batch(
 def confidence_bin_weights(m: Tensor, bins: int, gamma: float, base_weight: float) -> Tensor:
     """Per-sample weight ``base_weight + gamma * n_bin(i) / B``: samples in crowded confidence bins weigh more.
 
-    Bins are ``[j/bins, (j+1)/bins)`` with the last edge raised by 1e-6 so that m = 1 falls in the top bin;
-    ``n_bin(i)`` counts the batch samples sharing sample i's bin.
+    Bins are ``[j/bins, (j+1)/bins)``, the top one closed so that m = 1 falls in it; ``n_bin(i)`` counts the batch
+    samples sharing sample i's bin.
     """
     edges = torch.arange(bins + 1, dtype=m.dtype, device=m.device) / bins
-    edges[-1] += 1e-6
-    bin_index = (torch.bucketize(m, edges, right=True) - 1).clamp_(0, bins - 1)
+    bin_index = (torch.bucketize(m, edges, right=True) - 1).clamp_(max=bins - 1)  # m >= 0: only m = 1 needs it
     in_bin = bin_index[:, None] == torch.arange(bins, device=m.device)
     bin_counts = in_bin.sum(0).to(m.dtype)
     return base_weight + gamma * bin_counts[bin_index] / m.shape[0]
