@@ -167,8 +167,9 @@ def retrain_classifiers(opts: CRTOptions, accelerator, model: CadelForImageClass
         sampler.set_epoch(epoch)
         loss_sum = torch.zeros((), device=accelerator.device)
         for index in index_loader:
-            drawn += torch.bincount(train_labels[index], minlength=len(counts))
-            labels = train_labels[index].to(accelerator.device)
+            batch_labels = train_labels[index]
+            drawn += torch.bincount(batch_labels, minlength=len(counts))
+            labels = batch_labels.to(accelerator.device)
             loss = sum(F.cross_entropy(head(f[index].to(accelerator.device)), labels)
                        for head, f in zip(heads, train_features))
             loss.backward()
