@@ -1,13 +1,16 @@
 # Two commands for a fresh machine (Debian/Ubuntu, root or sudo):
 #   make demo   installs everything, then trains and evaluates CADEL on Fashion-MNIST-LT on the CPU (minutes)
 #   make test   installs everything (with the dev extra), then runs the test suite
-# Installs are remembered in .make/ and redone only when setup.cfg, pyproject.toml or .ci/install.sh change.
+# Installs use the exact versions the suite passed with (constraints.txt) and are remembered in .make/, redone only
+# when setup.cfg, pyproject.toml, constraints.txt or .ci/install.sh change.
+#   make test-latest          the suite on the newest releases, in a throw-away venv (.venv-latest)
+#   make update-constraints   move constraints.txt to the newest releases (then run make test)
 PYTHON ?= python3
 ACCELERATE ?= accelerate launch --config_file accelerate_configs/cpu.yaml
 RUN_DIR ?= runs/fashion_mnist_lt
-INSTALL_INPUTS := setup.cfg pyproject.toml .ci/install.sh
+INSTALL_INPUTS := setup.cfg pyproject.toml constraints.txt .ci/install.sh
 
-.PHONY: install install-dev demo test lint mutation
+.PHONY: install install-dev demo test test-latest update-constraints lint mutation
 
 install: .make/install
 install-dev: .make/install-dev
@@ -27,6 +30,12 @@ demo: install
 
 test: install-dev
 	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -n 2 -q
+
+test-latest:
+	bash .ci/latest.sh test
+
+update-constraints:
+	bash .ci/latest.sh freeze
 
 lint: install-dev
 	$(PYTHON) -m ruff check .

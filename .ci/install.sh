@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what cadel needs on a fresh Debian/Ubuntu machine: the Fashion-MNIST idx files (Debian package) and the
-# Python packages (torch first, pinned to the build this machine type caches; elsewhere pip fetches it).
+# Python packages at the exact versions the test suite passed with (constraints.txt; `make test-latest` tries the
+# newest releases instead, `make update-constraints` moves the pins).
 # Fails when the Fashion-MNIST files can be had neither from Debian nor from the Hugging Face Hub: the demo and the
 # real-training tests need them.
 set -euo pipefail
@@ -19,6 +20,8 @@ if [ ! -f "$FMNIST" ]; then
     exit 1
   fi
 fi
-PIP="${PYTHON:-python3} -m pip install -q --disable-pip-version-check"
-$PIP "torch==2.14.1" "torchvision==0.29.1" 2>/dev/null || $PIP torch torchvision
+# CONSTRAINTS= (empty) installs the newest releases that setup.cfg allows (what .ci/latest.sh does)
+CONSTRAINTS=${CONSTRAINTS-constraints.txt}
+PIP="${PYTHON:-python3} -m pip install -q --disable-pip-version-check ${CONSTRAINTS:+-c $CONSTRAINTS}"
+$PIP torch torchvision  # first and alone: the largest download, and the build the constraints name
 if [ "${1:-}" = dev ]; then $PIP -e ".[dev]"; else $PIP -e .; fi
