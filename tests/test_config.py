@@ -336,7 +336,8 @@ def test_help_with_a_preset_shows_the_values_the_run_will_use():
     assert "--lr FLOAT learning rate (not scaled by the batch size, as the original) [default 0.0005;" in text
     demo = _help_text([])  # no --config: the demo preset's values, as the run will use them
     assert "--image_size INT training / evaluation crop size [default 32]" in demo
-    assert "--backbone STR timm model name [default resnet18]" in demo and "[default 30; alias --num_train_epochs]" in demo
+    assert "--backbone STR timm model name [default resnet18]" in demo
+    assert "[default 30; alias --num_train_epochs]" in demo
     assert "--tau_grid LIST tau values searched on validation [default [0.0, 0.25," in _help_text(
         ["-c", "fashion_mnist_lt"], command=STAGE2)
 
@@ -367,7 +368,8 @@ def test_explicit_dataset_flags_and_the_presets_own_data_keep_them():
     assert (same.n_max, same.imb_factor, same.dropped_preset_keys) == (500, 100.0, None)  # its own data, elsewhere
     cifar = parse_config(["--config", "cifar10_lt", "--dataset", "cifar100_lt"])
     assert (cifar.num_classes, cifar.imb_factor) == (None, None)  # not 10 classes; cifar100_lt's builder default
-    assert parse_config(["--config", "cifar10_lt", "--dataset", "cifar100_lt", "--num_classes", "100"]).num_classes == 100
+    explicit = parse_config(["--config", "cifar10_lt", "--dataset", "cifar100_lt", "--num_classes", "100"])
+    assert explicit.num_classes == 100
 
 
 def test_a_yaml_file_for_one_image_folder_does_not_follow_to_another(tmp_path):
