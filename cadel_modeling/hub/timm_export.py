@@ -12,7 +12,6 @@ from pathlib import Path
 import timm
 import torch
 
-
 SOURCE_KEYS = ("tag", "license", "origin_url", "paper_ids", "paper_name", "notes")
 INTERPOLATIONS = {0: "nearest", 2: "bilinear", 3: "bicubic"}  # PIL resample codes of the image processor
 
@@ -49,7 +48,11 @@ def export_timm_backbone(model_ref: str, out_dir) -> Path:
 def eval_data_config(model_dir: Path, image_size: int) -> dict:
     """timm's ``pretrained_cfg`` data fields that rebuild the model's own evaluation transform (its saved image
     processor): resize the shortest edge then center-crop ('imagenet'), or resize to the square ('small', 'none')."""
-    processor = json.loads((Path(model_dir) / "preprocessor_config.json").read_text())
+    path = Path(model_dir) / "preprocessor_config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{model_dir} has no preprocessor_config.json (cadel saves one with every model), so "
+                                f"its evaluation transform is unknown; export a model folder written by cadel")
+    processor = json.loads(path.read_text())
     config = {"input_size": (3, image_size, image_size), "mean": tuple(processor["image_mean"]),
               "std": tuple(processor["image_std"]), "interpolation": INTERPOLATIONS[processor["resample"]]}
     if not processor.get("do_center_crop"):

@@ -2,7 +2,6 @@
 a checkpoint file, or another cadel model to start from), and saving a model folder."""
 from __future__ import annotations
 
-import logging
 import shutil
 from pathlib import Path
 
@@ -13,8 +12,6 @@ from .locate import RUN_CONFIG_NAME, find_model_dir
 from .modeling_cadel import CadelConfig, CadelForImageClassification
 from .pretrained import load_pretrained_checkpoint
 from .processing import save_image_processor
-
-logger = logging.getLogger("cadel")
 
 
 def model_config_for(cfg, data) -> CadelConfig:
