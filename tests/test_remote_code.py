@@ -168,6 +168,11 @@ def test_init_from_a_cadel_model_starts_a_new_run_from_its_weights(trained_run, 
     assert summary["best_val_top1"] >= fresh["best_val_top1"] + 0.15, (summary, fresh)
     run_config = (tmp_path / "finetune" / "best_model" / "run_config.yaml").read_text()
     assert f"init_from: {out / 'best_model'}" in run_config
+    init = json.loads((tmp_path / "finetune" / "run_info.json").read_text())["init_from"]
+    total = len(CadelForImageClassification.from_pretrained(str(out / "best_model")).state_dict())
+    assert (init["tensors_loaded"], init["tensors_fresh"]) == (total, 0)  # the same 10 classes: everything came over
+    assert f"initialised from {out / 'best_model'}: {total} tensors loaded, 0 kept fresh" in \
+        (tmp_path / "finetune" / "train.log").read_text()
 
 
 @pytest.mark.parametrize("augmentation, image_size", [("small", 32), ("imagenet", 32), ("imagenet", 224),
