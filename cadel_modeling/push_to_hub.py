@@ -21,7 +21,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--license", default="other", help="licence in the model card (the data's terms bind too)")
     parser.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN or the saved login)")
     parser.add_argument("--eval_dir", action="append", default=[], help="an extra eval_<split> folder to upload")
-    parser.add_argument("--card_path", default=None, help="where to write README.md (default: in the run folder)")
+    parser.add_argument("--card_path", default=None, help="where to write README.md (default: in the model folder)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from .hub.publish import PushError, push_to_hub

@@ -16,9 +16,10 @@ from cadel_modeling.config import (
 )
 
 
-def test_defaults_without_preset():
-    cfg = parse_config([])
-    assert cfg == RunConfig()
+def test_stage1_without_config_runs_the_demo_preset():
+    assert parse_config([]) == parse_config(["--config", "fashion_mnist_lt"])
+    assert parse_config([]) != RunConfig()  # not the built-in ResNet-50 at 224 px for 200 epochs
+    assert parse_config([], command=STAGE2) == RunConfig()  # stage 2 and evaluation start from the model's config
 
 
 def test_preset_then_cli_override_in_both_spellings():
@@ -38,7 +39,7 @@ def test_values_are_parsed_as_yaml_and_coerced_to_the_field_type():
 @pytest.mark.parametrize("argv, message", [
     (["--lrr", "0.1"], "did you mean '--lr'"),
     (["--weight_decy", "0.1"], "did you mean '--weight_decay'"),
-    (["--epochs", "1.5"], "epochs in the command line should be int"),
+    (["--epochs", "1.5"], "epochs in the command line should be a whole number, got 1.5"),
     (["--sampler", "balanced"], "is not one of ['instance', 'class_balanced', 'sqrt']"),
     (["--config", "fashion_mnst_lt"], "did you mean 'fashion_mnist_lt'"),
     (["--seed", "null"], "seed in the command line cannot be null"),
@@ -119,7 +120,7 @@ def test_each_command_takes_only_its_own_flags():
 
 
 @pytest.mark.parametrize("module, most, present, absent", [
-    ("train_stage1", 150, ["--mixup_alpha", "--lr", "--learning_rate]", "--report_to", "Input:"],
+    ("train_stage1", 160, ["--mixup_alpha", "--lr", "--learning_rate]", "--report_to", "Input:"],
      ["--tau_grid", "--eval_split"]),
     ("train_stage2", 100, ["--tau_grid", "--stage1_dir", "--select_inference_rule", "--report_to"],
      ["--mixup_alpha", "--backbone", "--lr ", "--epochs"]),
@@ -190,7 +191,7 @@ def test_a_saved_run_config_with_a_bad_key_or_value_names_the_file(tmp_path):
     path.write_text("epochs: many\n")
     with pytest.raises(ConfigError) as exc:
         load_run_config(path)
-    assert str(exc.value) == f"epochs in {path} should be int, got 'many'"
+    assert str(exc.value) == f"epochs in {path} should be a whole number, got 'many'"
 
 
 def test_per_device_batch_and_tracking_switches(monkeypatch):
@@ -212,6 +213,8 @@ def test_per_device_batch_and_tracking_switches(monkeypatch):
     ("tau_grid", 0.5, [0.5]), ("tau_grid", [0, 1], [0, 1]), ("exit_blocks", None, None),
     ("backbone_kwargs", {"a": 1}, {"a": 1}),
     ("backbone", 18, "18"), ("backbone", 1.5, "1.5"), ("run_name", None, None),
+    ("imb_factor", "none", None), ("imb_factor", "None", None), ("n_max", "null", None), ("run_name", "none", "none"),
+    ("checkpointing_steps", "epoch", None), ("scheduler", "cosine", "warmup_cosine"),
 ])
 def test_coerce_converts_each_kind(key, value, expected):
     from cadel_modeling.config.parsing import coerce
@@ -220,19 +223,21 @@ def test_coerce_converts_each_kind(key, value, expected):
 
 
 @pytest.mark.parametrize("key, value, message", [
-    ("hflip", "maybe", "hflip in here should be bool, got 'maybe'"),
-    ("hflip", 1, "hflip in here should be bool, got 1"),
-    ("epochs", 2.5, "epochs in here should be int, got 2.5"),
-    ("epochs", True, "epochs in here should be int, got True"),
-    ("lr", "fast", "lr in here should be float, got 'fast'"),
-    ("lr", True, "lr in here should be float, got True"),
-    ("tau_grid", True, "tau_grid in here should be list, got True"),
-    ("tau_grid", {"a": 1}, "tau_grid in here should be list, got {'a': 1}"),
-    ("backbone_kwargs", [1], "backbone_kwargs in here should be dict, got [1]"),
-    ("backbone", True, "backbone in here should be str, got True"),
-    ("backbone", [1], "backbone in here should be str, got [1]"),
+    ("hflip", "maybe", "hflip in here should be true or false, got 'maybe'"),
+    ("hflip", 1, "hflip in here should be true or false, got 1"),
+    ("epochs", 2.5, "epochs in here should be a whole number, got 2.5"),
+    ("epochs", True, "epochs in here should be a whole number, got True"),
+    ("lr", "fast", "lr in here should be a number, got 'fast'"),
+    ("lr", True, "lr in here should be a number, got True"),
+    ("tau_grid", True, "tau_grid in here should be a list such as [1, 2], got True"),
+    ("tau_grid", {"a": 1}, "tau_grid in here should be a list such as [1, 2], got {'a': 1}"),
+    ("backbone_kwargs", [1], "backbone_kwargs in here should be a mapping such as {key: value}, got [1]"),
+    ("backbone", True, "backbone in here should be text, got True"),
+    ("backbone", [1], "backbone in here should be text, got [1]"),
     ("seed", None, "seed in here cannot be null"),
-    ("backbone_lr", "x", "backbone_lr in here should be Optional[float], got 'x'"),
+    ("seed", "none", "seed in here should be a whole number, got 'none'"),
+    ("backbone_lr", "x", "backbone_lr in here should be a number, or null for none, got 'x'"),
+    ("n_max", "many", "n_max in here should be a whole number, or null for none, got 'many'"),
 ])
 def test_coerce_refuses_values_of_another_kind(key, value, message):
     from cadel_modeling.config.parsing import coerce
@@ -249,7 +254,9 @@ def test_help_shows_every_flag_with_its_kind_help_default_and_aliases(command):
     text = " ".join(build_parser(command, "What this command does.").format_help().split())
     assert "[--config PRESET|FILE] [--KEY VALUE ...] What this command does." in text
     assert ("-c PRESET|FILE, --config PRESET|FILE a preset (imagenet_lt, inat18, places_lt = the paper's CNN rows; "
-            "*_vit = its ViT-B/16 224 rows; --list_presets shows all) or a YAML file; flags override it") in text
+            "*_vit = its ViT-B/16 224 rows; --list_presets shows all) or a YAML file; flags override it; --help "
+            "shows its values") in text
+    assert ("(default: the demo preset fashion_mnist_lt)" in text) == (command == STAGE1)
     assert "--list_presets list the presets with their paper numbers" in text
     assert "--debug show the traceback of an error" in text
     kinds = {"bool": "[BOOL]", "int": "INT", "float": "FLOAT", "str": "STR", "list": "LIST", "dict": "DICT"}
@@ -302,7 +309,7 @@ def test_help_description_and_config_sources_in_messages(capsys, tmp_path):
     preset.write_text("lr: fast\n")
     with pytest.raises(ConfigError) as exc:
         parse_config(["--config", str(preset)])
-    assert str(exc.value) == f"lr in {preset} should be float, got 'fast'"
+    assert str(exc.value) == f"lr in {preset} should be a number, got 'fast'"
     preset.write_text("lrr: 0.1\n")
     with pytest.raises(ConfigError) as exc:
         parse_config(["--config", str(preset)])
@@ -312,3 +319,119 @@ def test_help_description_and_config_sources_in_messages(capsys, tmp_path):
 def test_hidden_bool_spellings_take_no_value():
     cfg = parse_config(["--push-to-hub", "--hub-private"])
     assert cfg.push_to_hub is True and cfg.hub_private is True
+
+
+def _help_text(argv, command=STAGE1):
+    import contextlib
+    import io
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+        parse_config(argv + ["--help"], command=command)
+    return " ".join(out.getvalue().split())
+
+
+def test_help_with_a_preset_shows_the_values_the_run_will_use():
+    text = _help_text(["--config", "imagenet_lt_vit"])
+    assert "--backbone STR timm model name [default vit_base_patch16_224]" in text
+    assert "--lr FLOAT learning rate (not scaled by the batch size, as the original) [default 0.0005;" in text
+    demo = _help_text([])  # no --config: the demo preset's values, as the run will use them
+    assert "--image_size INT training / evaluation crop size [default 32]" in demo
+    assert "--backbone STR timm model name [default resnet18]" in demo
+    assert "[default 30; alias --num_train_epochs]" in demo
+    assert "--tau_grid LIST tau values searched on validation [default [0.0, 0.25," in _help_text(
+        ["-c", "fashion_mnist_lt"], command=STAGE2)
+
+
+@pytest.mark.parametrize("argv, dataset", [
+    (["--dataset", "imagefolder", "--data_dir", "/data/mine"], "imagefolder"),
+    (["--dataset_name", "someone/cats"], "hub"),
+    (["--dataset", "hub", "--dataset_name", "imagefolder", "--data_dir", "/data/mine"], "hub"),
+    (["--train_dir", "/data/mine/train"], "imagefolder"),
+    (["--dataset", "cifar100_lt"], "cifar100_lt"),
+])
+def test_a_presets_dataset_settings_stay_with_its_dataset(argv, dataset):
+    cfg = parse_config(["--config", "fashion_mnist_lt"] + argv)
+    assert cfg.dataset == dataset
+    assert (cfg.n_max, cfg.imb_factor, cfg.val_per_class) == (None, None, 20)  # the built-in defaults: data as found
+    assert cfg.dropped_preset_keys == {"n_max": 500, "imb_factor": 100.0}  # val_per_class 20 is the default anyway
+    assert (cfg.backbone, cfg.image_size, cfg.epochs, cfg.lr) == ("resnet18", 32, 30, 0.05)  # the recipe stays
+    from cadel_modeling.config.parsing import dropped_keys_note
+    assert dropped_keys_note(cfg) == (f"not applied to {dataset} data: the preset's settings of its own dataset "
+                                      f"(n_max=500, imb_factor=100.0); pass them as flags to apply them here")
+
+
+def test_explicit_dataset_flags_and_the_presets_own_data_keep_them():
+    cfg = parse_config(["--config", "fashion_mnist_lt", "--dataset", "imagefolder", "--data_dir", "x",
+                        "--imb_factor", "10"])
+    assert (cfg.imb_factor, cfg.n_max, cfg.dropped_preset_keys) == (10.0, None, {"n_max": 500})
+    same = parse_config(["--config", "fashion_mnist_lt", "--dataset", "fashion_mnist_lt", "--data_dir", "/idx"])
+    assert (same.n_max, same.imb_factor, same.dropped_preset_keys) == (500, 100.0, None)  # its own data, elsewhere
+    cifar = parse_config(["--config", "cifar10_lt", "--dataset", "cifar100_lt"])
+    assert (cifar.num_classes, cifar.imb_factor) == (None, None)  # not 10 classes; cifar100_lt's builder default
+    explicit = parse_config(["--config", "cifar10_lt", "--dataset", "cifar100_lt", "--num_classes", "100"])
+    assert explicit.num_classes == 100
+
+
+def test_a_yaml_file_for_one_image_folder_does_not_follow_to_another(tmp_path):
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("base: fashion_mnist_lt\ndataset: imagefolder\ndata_dir: /data/a\nn_max: 40\nimb_factor: 5\n")
+    assert parse_config(["--config", str(mine)]).n_max == 40
+    other = parse_config(["--config", str(mine), "--data_dir", "/data/b"])
+    assert (other.n_max, other.imb_factor) == (None, None)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--dataset", "cifar10_lt", "--dataset_name", "x/y"], "--dataset_name reads hub data but --dataset is "
+                                                             "cifar10_lt; drop one of the two"),
+    (["--validation_dir", "v"], "--validation_dir needs --train_dir (the training images' folder)"),
+    (["--imb_factor", "lots"], "imb_factor in the command line should be a number, or null for none, got 'lots'"),
+])
+def test_dataset_flag_conflicts_get_one_line(argv, message):
+    with pytest.raises(ConfigError) as exc:
+        parse_config(argv)
+    assert str(exc.value) == message
+
+
+def test_hf_example_names_are_aliases_of_cadels_keys():
+    cfg = parse_config(["--train_dir", "a/train", "--validation_dir", "a/val", "--image_column_name", "img",
+                        "--label_column_name", "y", "--mixed_precision", "bf16", "--lr_scheduler_type", "cosine",
+                        "--checkpointing_steps", "epoch", "--logging_steps", "7", "--save_total_limit", "3"])
+    assert (cfg.dataset, cfg.train_dir, cfg.validation_dir) == ("imagefolder", "a/train", "a/val")
+    assert (cfg.image_column, cfg.label_column, cfg.mixed_precision) == ("img", "y", "bf16")
+    assert (cfg.scheduler, cfg.checkpointing_steps, cfg.log_every, cfg.keep_last_checkpoints) == \
+        ("warmup_cosine", None, 7, 3)
+    assert parse_config(["--checkpointing_steps", "100"]).checkpointing_steps == 100
+    with pytest.raises(ConfigError, match=r"scheduler='linear' in the command line is not one of"):
+        parse_config(["--lr_scheduler_type", "linear"])
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--trust_remote_code", "--trust_remote_code has no counterpart in cadel: cadel builds its models from timm names "
+                            "and runs no code from a model repository"),
+    ("--max_train_steps", "--max_train_steps has no counterpart in cadel: cadel trains whole epochs (schedule, "
+                          "validation and best-model choice are per epoch); use --epochs"),
+    ("--num_warmup_steps", "--num_warmup_steps has no counterpart in cadel: cadel's warmup is counted in epochs; use "
+                           "--warmup_epochs with --scheduler warmup_cosine"),
+    ("--model_name_or_path", "--model_name_or_path has no counterpart in cadel: the backbone is a timm model name "
+                             "(--backbone, with --pretrained for timm's weights); to start from a cadel model use "
+                             "--init_from"),
+])
+def test_hf_names_cadel_has_no_concept_for_say_so(flag, message):
+    with pytest.raises(ConfigError) as exc:
+        parse_config([flag, "1"])
+    assert str(exc.value) == message
+
+
+def test_mixed_precision_reaches_the_accelerator(monkeypatch):
+    from cadel_modeling.stages import stage1
+    seen = {}
+
+    def fake_accelerator(**kwargs):  # accelerate's state is per process: look at the request, build nothing
+        seen.update(kwargs)
+        raise InterruptedError
+
+    monkeypatch.setattr(stage1, "make_accelerator", fake_accelerator)
+    for argv, expected in ((["--mixed_precision", "bf16"], "bf16"), ([], None)):  # None: accelerate's config
+        with pytest.raises(InterruptedError):
+            stage1.run(parse_config(argv))
+        assert seen["mixed_precision"] == expected

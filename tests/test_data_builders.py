@@ -150,6 +150,25 @@ def test_imagefolder_with_train_val_test_folders(tmp_path):
     assert batch["pixel_values"].shape == (2, 3, 16, 16)
 
 
+@pytest.mark.parametrize("spelling", [
+    ["--dataset", "imagefolder", "--data_dir", "{root}"],
+    ["--dataset", "hub", "--dataset_name", "imagefolder", "--data_dir", "{root}"],  # load_dataset's spelling
+    ["--dataset_name", "imagefolder", "--data_dir", "{root}"],
+    ["--train_dir", "{root}/train", "--validation_dir", "{root}/val"],             # the HF examples' spelling
+])
+def test_a_long_tailed_imagefolder_under_the_demo_preset_is_used_as_found(tmp_path, spelling):
+    from cadel_modeling.config import parse_config
+    counts = {"ant": 7, "bee": 3, "fly": 1}  # already long-tailed, fewer than the preset's n_max of 500
+    for name, n in counts.items():
+        for i in range(n):
+            write_jpeg(tmp_path / "train" / name / f"{i}.jpg")
+        write_jpeg(tmp_path / "val" / name / "0.jpg")
+    cfg = parse_config(["--config", "fashion_mnist_lt"] + [a.format(root=tmp_path) for a in spelling])
+    data = build_datasets(cfg)
+    assert data.class_names == list(counts) and data.class_counts == list(counts.values())
+    assert len(data.splits["val"]) == 3
+
+
 def test_hub_builder_reads_a_saved_dataset_with_custom_columns(tmp_path):
     from datasets import ClassLabel, Dataset, DatasetDict, Features
     from datasets import Image as ImageFeature

@@ -15,7 +15,7 @@ from PIL import Image
 from cadel_modeling.config import RunConfig
 from cadel_modeling.config.paper import paper_result
 from cadel_modeling.hub.model_card import build_model_card
-from cadel_modeling.hub.publish import PushError, files_to_upload, push_to_hub
+from cadel_modeling.hub.publish import PushError, files_to_upload, push_to_hub, upload_bytes
 from cadel_modeling.modeling import CadelConfig, CadelForImageClassification
 from cadel_modeling.modeling.auto_classes import register_auto_classes
 from cadel_modeling.modeling.factory import save_model
@@ -279,7 +279,43 @@ def test_failed_push_keeps_the_local_results_and_fails(run, fake_api):
     assert push_main([str(run.dir), "--repo_id", "someone/tiny_lt"]) == PushError.exit_code  # the retry too
     assert snapshot(run.dir) == before
     from huggingface_hub import ModelCard
-    assert ModelCard.load(run.dir / "README.md").data.model_name == "tiny_lt"
+    assert ModelCard.load(run.model_dir / "README.md").data.model_name == "tiny_lt"
+
+
+def test_each_model_folder_has_its_own_card_and_no_stage_overwrites_another(run, fake_api):
+    stage1_model = run.dir / "best_model"
+    push_to_hub(stage1_model, "someone/tiny_lt_stage1")
+    stage1_card = (stage1_model / "README.md").read_bytes()
+    push_to_hub(run.model_dir, "someone/tiny_lt")
+    assert (stage1_model / "README.md").read_bytes() == stage1_card  # stage 2's push left stage 1's card alone
+    assert not (run.dir / "README.md").exists()  # the run folder is no model's card
+    stage2_card = (run.model_dir / "README.md").read_text()
+    assert "- `README.md`: this model card" in stage2_card and "- `model.safetensors`: weights" in stage2_card
+    assert "- `stage2_results.json`: stage-2 method and tau sweep" in stage2_card
+    assert "stage2_results.json" not in stage1_card.decode() and "tau = 1" in stage2_card
+    notes = [line for line in stage2_card.splitlines() if line.startswith("- `")]
+    assert not [line for line in notes if line.endswith(": weights") and ".safetensors" not in line]
+
+
+def test_the_retry_command_repeats_the_push_exactly(run, fake_api):
+    import shlex
+    settings = {"private": True, "revision": "v2", "commit_message": "two words", "license": "mit"}
+    fake_api.fail = True
+    with pytest.raises(PushError) as exc:
+        push_to_hub(run.model_dir, "someone/tiny_lt", token="hf_secret", **settings)
+    command = str(exc.value).split("retry with: ")[1]
+    assert "hf_secret" not in command and "--token" not in command
+    card = (run.model_dir / "README.md").read_text()
+    assert "license: mit" in card
+    (run.model_dir / "README.md").unlink()
+    fake_api.fail = False
+    argv = shlex.split(command)
+    assert argv[0] == "cadel-push-to-hub"
+    assert push_main(argv[1:]) == 0
+    (_, repo_id, private, _), (_, _, branch, _), (_, _, uploaded, revision, message) = fake_api.calls[-3:]
+    assert (repo_id, private, branch, revision, message) == ("someone/tiny_lt", True, "v2", "v2", "two words")
+    assert (run.model_dir / "README.md").read_text() == card  # the same card as the first attempt (licence too)
+    assert uploaded["README.md"] == upload_bytes(run.model_dir / "README.md", run.dir)
 
 
 def test_hub_id_resolves_offline_from_the_local_cache(run, tmp_path, monkeypatch, fake_api):

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from cadel_modeling.modeling import CadelConfig, CadelForImageClassification
+from cadel_modeling.modeling.processing import save_image_processor
 
 from conftest import requires_fashion_mnist
 
@@ -167,6 +168,38 @@ def test_init_from_a_cadel_model_starts_a_new_run_from_its_weights(trained_run, 
     assert summary["best_val_top1"] >= fresh["best_val_top1"] + 0.15, (summary, fresh)
     run_config = (tmp_path / "finetune" / "best_model" / "run_config.yaml").read_text()
     assert f"init_from: {out / 'best_model'}" in run_config
+    init = json.loads((tmp_path / "finetune" / "run_info.json").read_text())["init_from"]
+    total = len(CadelForImageClassification.from_pretrained(str(out / "best_model")).state_dict())
+    assert (init["tensors_loaded"], init["tensors_fresh"]) == (total, 0)  # the same 10 classes: everything came over
+    assert f"initialised from {out / 'best_model'}: {total} tensors loaded, 0 kept fresh" in \
+        (tmp_path / "finetune" / "train.log").read_text()
+
+
+@pytest.mark.parametrize("augmentation, image_size", [("small", 32), ("imagenet", 32), ("imagenet", 224),
+                                                     ("imagenet", 443)])  # 443 / (443 / 506) rounds down to 505
+def test_timm_export_rebuilds_the_models_own_eval_transform(tmp_path, augmentation, image_size):
+    import timm
+    from PIL import Image
+    from sklearn.datasets import load_sample_image
+    from timm.data import create_transform, resolve_data_config
+
+    from cadel_modeling.data.transforms import build_transform
+    from cadel_modeling.hub.timm_export import export_timm_backbone
+    mean, std = [0.3, 0.4, 0.5], [0.2, 0.25, 0.3]
+    model = CadelForImageClassification(CadelConfig(backbone="test_resnet", num_labels=3, image_size=image_size,
+                                                    aux_head="light", image_mean=mean, image_std=std)).eval()
+    model.save_pretrained(str(tmp_path / "model"))
+    save_image_processor(tmp_path / "model", model.config, augmentation)
+    out = export_timm_backbone(str(tmp_path / "model"), tmp_path / "timm")
+    config = json.loads((out / "config.json").read_text())["pretrained_cfg"]
+    assert "tag" not in config and "license" not in config  # timm's test_resnet.r160_in1k weights are not these
+    plain = timm.create_model(f"local-dir:{out}", pretrained=True)
+    timm_eval = create_transform(**resolve_data_config(model=plain))  # what a timm user runs
+    cadel_eval = build_transform(False, image_size, mean, std, augmentation)
+    photos = [Image.fromarray(load_sample_image(name)) for name in ("china.jpg", "flower.jpg")]  # 640x427 photos
+    photos += [photos[0].resize((45, 61)), photos[1].crop((100, 50, 400, 130))]  # small, and very wide
+    for photo in photos:
+        torch.testing.assert_close(timm_eval(photo), cadel_eval(photo), atol=1e-6, rtol=0)
 
 
 def test_the_backbone_exports_as_a_timm_model(tmp_path):
@@ -179,6 +212,7 @@ def test_the_backbone_exports_as_a_timm_model(tmp_path):
                                                         image_mean=[0.3, 0.4, 0.5], image_std=[0.2, 0.2, 0.2],
                                                         **kwargs)).eval()
         model.save_pretrained(str(tmp_path / backbone))
+        save_image_processor(tmp_path / backbone, model.config, "imagenet")
         out = export_timm_backbone(str(tmp_path / backbone), tmp_path / f"timm_{backbone}")
         config = json.loads((out / "config.json").read_text())
         assert config["architecture"] == backbone

@@ -86,4 +86,4 @@ def test_a_failed_push_at_the_end_of_a_run_keeps_everything_and_exits_4(tmp_path
     assert (out / "best_model" / "model.safetensors").is_file() and (out / "stage1_summary.json").is_file()
     results = json.loads((out / "best_model" / "eval_val" / "results.json").read_text())  # for the card
     assert results["split"] == "val" and results["results"][results["main"]]["num_samples"] == 50
-    assert "eval_val" in (out / "README.md").read_text()
+    assert "eval_val" in (out / "best_model" / "README.md").read_text()  # the card lives with its model

@@ -13,6 +13,7 @@ import dataclasses
 import difflib
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -22,6 +23,23 @@ from .presets import ConfigError, preset_listing, read_preset_chain, read_yaml_f
 from .schema import ALIASES, FIELDS, GROUPS, STAGE1, RunConfig, fields_of
 
 COMMAND_NAMES = {"stage1": "stage 1", "stage2": "stage 2", "evaluate": "evaluation"}
+DEFAULT_PRESET = "fashion_mnist_lt"  # stage 1 without --config: the demo, not a ResNet-50 at 224 px for 200 epochs
+# Keys that describe a dataset, not the recipe: a preset's values stay with the preset's own data.
+DATASET_KEYS = ("num_classes", "n_max", "imb_factor", "imb_type", "val_per_class")
+# Flags of the HF examples that cadel has no counterpart for, and what to do instead.
+NOT_IN_CADEL = {
+    "trust_remote_code": "cadel builds its models from timm names and runs no code from a model repository",
+    "max_train_steps": "cadel trains whole epochs (schedule, validation and best-model choice are per epoch); use "
+                       "--epochs",
+    "num_warmup_steps": "cadel's warmup is counted in epochs; use --warmup_epochs with --scheduler warmup_cosine",
+    "model_name_or_path": "the backbone is a timm model name (--backbone, with --pretrained for timm's weights); to "
+                          "start from a cadel model use --init_from",
+    "ignore_mismatched_sizes": "--init_from always keeps tensors of another shape (a new class count) fresh",
+    "train_val_split": "a validation split comes from the data (val/ folder, validation split) or, with "
+                       "--imb_factor, --val_per_class images per class",
+    "do_train": "stage 1 trains and validates; evaluation is its own command",
+    "do_eval": "stage 1 trains and validates; evaluation is its own command",
+}
 # Checks a value must pass beyond its type: (test, what it must be).
 LIMITS = {
     "epochs": (lambda v: v >= 1, "at least 1"), "batch_size": (lambda v: v >= 1, "at least 1"),
@@ -41,6 +59,13 @@ LIMITS = {
 }
 
 
+# HF-example values of a cadel choice ("cosine": their per-step cosine with warmup; "epoch": checkpoint per epoch,
+# which cadel always does)
+HF_VALUES = {"scheduler": {"cosine": "warmup_cosine"}, "checkpointing_steps": {"epoch": None}}
+KIND_WORDS = {"bool": "true or false", "int": "a whole number", "float": "a number", "str": "text",
+              "list": "a list such as [1, 2]", "dict": "a mapping such as {key: value}"}
+
+
 def _kind(key: str) -> tuple:
     """(kind, optional) of a field from its annotation: kind is bool, int, float, str, list or dict."""
     ann = str(FIELDS[key].type)
@@ -48,9 +73,19 @@ def _kind(key: str) -> tuple:
     return (ann[len("Optional["):-1] if optional else ann), optional
 
 
+def expected_words(key: str) -> str:
+    """What a value of ``key`` must be, in words ('a number, or null for none'), never a Python type."""
+    kind, optional = _kind(key)
+    return KIND_WORDS[kind] + (", or null for none" if optional else "")
+
+
 def coerce(key: str, value: Any, where: str) -> Any:
     """Convert a parsed value to the field's type, with a message that says what was expected."""
     kind, optional = _kind(key)
+    if isinstance(value, str) and value in HF_VALUES.get(key, {}):
+        value = HF_VALUES[key][value]
+    if optional and kind != "str" and isinstance(value, str) and value.lower() in ("none", "null"):
+        value = None  # Python's spelling of null, as HF users type it
     if value is None:
         if optional:
             return None
@@ -77,7 +112,7 @@ def coerce(key: str, value: Any, where: str) -> Any:
         ok = isinstance(value, (str, int, float)) and not isinstance(value, bool)
         value = str(value) if ok else value
     if not ok:
-        raise ConfigError(f"{key} in {where} should be {FIELDS[key].type}, got {value!r}")
+        raise ConfigError(f"{key} in {where} should be {expected_words(key)}, got {value!r}")
     choices = FIELDS[key].metadata["choices"]
     if choices and value not in choices:
         raise ConfigError(f"{key}={value!r} in {where} is not one of {list(choices)}")
@@ -137,13 +172,16 @@ def _metavar(key: str) -> str:
     return "{" + ",".join(map(str, choices)) + "}" if choices else kind.upper()
 
 
-def build_parser(command: str, description: str) -> argparse.ArgumentParser:
-    """The flags of ``command`` in its groups, defaults shown, aliases hidden but accepted (as timm's train.py)."""
+def build_parser(command: str, description: str, shown: Optional[dict] = None) -> argparse.ArgumentParser:
+    """The flags of ``command`` in its groups, aliases hidden but accepted (as timm's train.py), with the defaults
+    this run would use: ``shown`` (the preset's values) over the built-in ones."""
+    shown = shown or {}
     parser = argparse.ArgumentParser(description=description, formatter_class=_HelpFormatter, allow_abbrev=False,
                                      usage="%(prog)s [--config PRESET|FILE] [--KEY VALUE ...]")
     parser.add_argument("-c", "--config", default=None, metavar="PRESET|FILE",
                         help="a preset (imagenet_lt, inat18, places_lt = the paper's CNN rows; *_vit = its ViT-B/16 "
-                             "224 rows; --list_presets shows all) or a YAML file; flags override it")
+                             "224 rows; --list_presets shows all) or a YAML file; flags override it; --help shows its "
+                             "values" + (f" (default: the demo preset {DEFAULT_PRESET})" if command == STAGE1 else ""))
     parser.add_argument("--list_presets", action="store_true", help="list the presets with their paper numbers")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     groups = {}
@@ -152,14 +190,15 @@ def build_parser(command: str, description: str) -> argparse.ArgumentParser:
         if group_name not in groups:
             groups[group_name] = parser.add_argument_group(f"{group_name}: {GROUPS[group_name][0]}")
         group = groups[group_name]
-        default = fld.default if fld.default is not dataclasses.MISSING else fld.default_factory()
+        default = shown[name] if name in shown else \
+            fld.default if fld.default is not dataclasses.MISSING else fld.default_factory()
         kind, _ = _kind(name)
         bare = {"nargs": "?", "const": "true"} if kind == "bool" else {}
         aliases = fld.metadata["aliases"]
         notes = ([] if default in (None, {}, "") else [f"default {default}"]) + [f"alias --{a}" for a in aliases]
-        shown = fld.metadata["help"] + (f" [{'; '.join(notes)}]" if notes else "")
+        text = fld.metadata["help"] + (f" [{'; '.join(notes)}]" if notes else "")
         group.add_argument(f"--{name}", default=argparse.SUPPRESS, metavar=_metavar(name),
-                           type=yaml.safe_load, help=shown, **bare)
+                           type=yaml.safe_load, help=text, **bare)
         hidden = [f"--{name.replace('_', '-')}"] if "_" in name else []
         hidden += [f"--{a}" for a in aliases] + [f"--{a.replace('_', '-')}" for a in aliases if "_" in a]
         for flag in hidden:
@@ -173,6 +212,8 @@ def _unknown_flag_error(bad: str, command: str) -> ConfigError:
     key = ALIASES.get(key, key)
     if not bad.startswith("-"):
         return ConfigError(f"unexpected argument {bad!r}; options take the form --key value")
+    if key in NOT_IN_CADEL:
+        return ConfigError(f"--{key} has no counterpart in cadel: {NOT_IN_CADEL[key]}")
     if key in FIELDS:
         users = ", ".join(COMMAND_NAMES[c] for c in FIELDS[key].metadata["commands"])
         return ConfigError(f"--{key} is not a flag of {COMMAND_NAMES[command]} (it is used by {users}); "
@@ -192,22 +233,71 @@ def resolve(values: dict) -> RunConfig:
     return RunConfig(**values)
 
 
+def _preset_argument(argv: Sequence[str]) -> Optional[str]:
+    """The ``--config`` of ``argv``, read before the full parser is built (its ``--help`` shows the preset)."""
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre.add_argument("-c", "--config", default=None)
+    return pre.parse_known_args(argv)[0].config
+
+
+def implied_dataset(cli: dict) -> dict:
+    """``--dataset_name`` alone means ``--dataset hub`` and ``--train_dir`` means ``--dataset imagefolder``, as in the
+    HF examples, where naming the data is enough."""
+    if cli.get("validation_dir") and not cli.get("train_dir"):
+        raise ConfigError("--validation_dir needs --train_dir (the training images' folder)")
+    implied = "imagefolder" if cli.get("train_dir") else "hub" if cli.get("hub_dataset_id") else None
+    if implied and cli.get("dataset", implied) != implied:
+        flag = "--train_dir" if implied == "imagefolder" else "--dataset_name"
+        raise ConfigError(f"{flag} reads {implied} data but --dataset is {cli['dataset']}; drop one of the two")
+    return {"dataset": implied} if implied and "dataset" not in cli else {}
+
+
+def data_source(values: dict) -> tuple:
+    """What data a config reads: the dataset, and for the user's own data, where it is."""
+    dataset = values.get("dataset", FIELDS["dataset"].default)
+    where = {"imagefolder": ("data_dir", "train_dir"), "hub": ("hub_dataset_id", "hub_dataset_config")}
+    return (dataset,) + tuple(values.get(k) for k in where.get(dataset, ()))
+
+
+def foreign_dataset_keys(recipe: dict, cli: dict) -> dict:
+    """The preset's dataset-only keys (not repeated on the command line) when the command line points at other
+    data: they describe the preset's dataset, not the user's, so they are left out."""
+    if data_source(recipe) == data_source({**recipe, **cli}):
+        return {}
+    return {k: recipe[k] for k in DATASET_KEYS if k in recipe and k not in cli and recipe[k] != FIELDS[k].default}
+
+
+def dropped_keys_note(cfg: RunConfig) -> Optional[str]:
+    """The log line saying which preset keys were left out, or None."""
+    if not cfg.dropped_preset_keys:
+        return None
+    shown = ", ".join(f"{k}={v}" for k, v in cfg.dropped_preset_keys.items())
+    return (f"not applied to {cfg.dataset} data: the preset's settings of its own dataset ({shown}); pass them as "
+            f"flags to apply them here")
+
+
 def parse_config(argv: Optional[Sequence[str]] = None, command: str = STAGE1, description: str = "",
                  base: Optional[dict] = None) -> RunConfig:
-    """Resolve ``defaults < base (e.g. the model's run config) < --config preset < command line``."""
-    parser = build_parser(command, description)
+    """Resolve ``defaults < base (e.g. the model's run config) < --config preset < command line``; stage 1 without
+    ``--config`` and base runs the demo preset."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    preset = _preset_argument(argv) or (DEFAULT_PRESET if command == STAGE1 and base is None else None)
+    recipe = dict(base or {})
+    if preset:
+        recipe.update(read_config_file(preset))
+    parser = build_parser(command, description, shown=recipe)
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         raise _unknown_flag_error(unknown[0], command)
-    values = dict(base or {})
     cli = vars(args)
-    preset = cli.pop("config")
-    cli.pop("list_presets")
-    cli.pop("debug")
-    if preset:
-        values.update(read_config_file(preset))
-    for key, value in cli.items():
-        values[key] = coerce(key, value, "the command line")
+    for name in ("config", "list_presets", "debug"):
+        cli.pop(name)
+    cli = {key: coerce(key, value, "the command line") for key, value in cli.items()}
+    cli.update(implied_dataset(cli))
+    dropped = foreign_dataset_keys(recipe, cli)
+    values = {**{k: v for k, v in recipe.items() if k not in dropped}, **cli}
+    if dropped:
+        values["dropped_preset_keys"] = dropped
     for key in values:
         check_key(key, "the base config")
     return resolve(values)

@@ -52,13 +52,17 @@ class RunConfig:
     seed: int = _f(0, "Run", "seed of data order, augmentation, mixup and initialisation")
     overwrite_output_dir: bool = _f(False, "Run", "start over in a used output_dir (removes the previous run's files)")
     resume_from_checkpoint: Optional[str] = _f(None, "Run", "'latest' or a checkpoint folder to resume from")
-    checkpointing_steps: Optional[int] = _f(None, "Run", "also checkpoint every N optimizer steps (always per epoch)")
-    keep_last_checkpoints: int = _f(2, "Run", "resumable checkpoints to keep")
+    checkpointing_steps: Optional[int] = _f(None, "Run", "also checkpoint every N optimizer steps (always per epoch; "
+                                            "'epoch' = per epoch only)")
+    keep_last_checkpoints: int = _f(2, "Run", "resumable checkpoints to keep", aliases=("save_total_limit",))
     on_nonfinite_loss: str = _f("skip", "Run", "a NaN/inf loss: skip the step (weights and BatchNorm statistics "
                                 "untouched) or stop", ["skip", "stop"])
     max_skipped_steps: int = _f(10, "Run", "consecutive skipped steps that turn into a stop (diverged run)")
     num_workers: int = _f(2, "Run", "DataLoader worker processes per process", commands=ALL)
-    log_every: int = _f(50, "Run", "log the training loss every N optimizer steps (0 = per epoch only)")
+    log_every: int = _f(50, "Run", "every N optimizer steps a line (loss, lr, img/s, ETA) to train.log, console, "
+                        "trackers (0 = off)", aliases=("logging_steps",))
+    mixed_precision: Optional[str] = _f(None, "Run", "mixed precision (default: accelerate's config)",
+                                        ["no", "fp16", "bf16"])
     # ---------------------------------------------------------------- tracking
     report_to: str = _f("none", "Tracking", "trackers: none, all, or a comma list (tensorboard, wandb, mlflow, "
                         "comet_ml, aim, clearml, dvclive, swanlab, trackio)")
@@ -79,16 +83,21 @@ class RunConfig:
                       "places_lt", "inat18", "cifar10_lt", "cifar100_lt", "imagefolder", "hub"])
     data_dir: Optional[str] = _f(None, "Dataset", "local data root (split lists, images, idx or pickle files)")
     image_root: Optional[str] = _f(None, "Dataset", "image folder of split-list datasets (default data_dir)")
-    hub_dataset_id: Optional[str] = _f(None, "Dataset", "Hub dataset id or local dataset folder ('hub' builder)",
-                                       aliases=("dataset_name",))
+    hub_dataset_id: Optional[str] = _f(None, "Dataset", "Hub dataset id, local dataset folder or 'imagefolder' "
+                                       "(implies --dataset hub)", aliases=("dataset_name",))
     hub_dataset_config: Optional[str] = _f(None, "Dataset", "configuration name of the Hub dataset",
                                            aliases=("dataset_config_name",))
     hub_dataset_revision: Optional[str] = _f(None, "Dataset", "revision (branch, tag, commit) of the Hub dataset")
-    image_column: str = _f("image", "Dataset", "image column of Hub / folder datasets")
-    label_column: str = _f("label", "Dataset", "label column of Hub / folder datasets")
+    train_dir: Optional[str] = _f(None, "Dataset", "a folder of <class>/<image> training images (implies "
+                                  "--dataset imagefolder)")
+    validation_dir: Optional[str] = _f(None, "Dataset", "with --train_dir: <class>/<image> validation images")
+    image_column: str = _f("image", "Dataset", "image column of Hub / folder datasets",
+                           aliases=("image_column_name",))
+    label_column: str = _f("label", "Dataset", "label column of Hub / folder datasets",
+                           aliases=("label_column_name",))
     num_classes: Optional[int] = _f(None, "Dataset", "expected number of classes, checked against the data")
-    imb_factor: Optional[float] = _f(None, "Dataset", "make the training split long-tailed: n_max/n_min (default 100 "
-                                     "for fashion_mnist_lt/cifar*_lt; imagefolder/hub data is used as it is)")
+    imb_factor: Optional[float] = _f(None, "Dataset", "make the training split long-tailed: n_max/n_min (built-in "
+                                     "*_lt data: 100; your own data: used as it is)")
     imb_type: str = _f("exp", "Dataset", "long-tailed profile", ["exp", "step"])
     n_max: Optional[int] = _f(None, "Dataset", "images of the largest class in a long-tailed profile (default: the "
                               "dataset's, or the smallest class of balanced data)")
@@ -161,7 +170,8 @@ class RunConfig:
                                                     "batch_size = it x processes x grad_accum_steps")
     grad_accum_steps: int = _f(1, "Optimizer", "gradient accumulation steps", aliases=("gradient_accumulation_steps",))
     scheduler: str = _f("cosine_epoch", "Optimizer", "per-epoch cosine without warmup (CNN) or per-step warmup "
-                        "then cosine (ViT)", ["cosine_epoch", "warmup_cosine"])
+                        "then cosine (ViT; HF 'cosine')", ["cosine_epoch", "warmup_cosine"],
+                        aliases=("lr_scheduler_type",))
     warmup_epochs: float = _f(5.0, "Optimizer", "warmup epochs of warmup_cosine")
     min_lr: float = _f(0.0, "Optimizer", "final learning rate")
     # ---------------------------------------------------------------- stage 2
@@ -189,6 +199,8 @@ class RunConfig:
     eval_exits: Optional[list] = _f(None, "Evaluation", "exits to sum (1-based; default: the model's rule)")
     # ---------------------------------------------------------------- internal
     run_id: Optional[str] = _f(None, "Internal", "set by stage 1: which run a config, model or checkpoint belongs to")
+    dropped_preset_keys: Optional[dict] = _f(None, "Internal", "set by the parser: the preset's dataset-only keys "
+                                             "left out because the run reads other data")
 
     # -- helpers -----------------------------------------------------------------------------------------------
     def to_dict(self) -> dict:

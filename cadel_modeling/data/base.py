@@ -21,6 +21,8 @@ class DataOptions:
     dataset: str = "fashion_mnist_lt"
     data_dir: Optional[str] = None
     image_root: Optional[str] = None
+    train_dir: Optional[str] = None
+    validation_dir: Optional[str] = None
     hub_dataset_id: Optional[str] = None
     hub_dataset_config: Optional[str] = None
     hub_dataset_revision: Optional[str] = None

@@ -72,11 +72,23 @@ def from_splits(splits: Mapping, image_column: str, label_column: str, source: s
                                  f"{num_classes} classes"] + notes)
 
 
-def check_imagefolder_layout(root: Path) -> None:
+def imagefolder_splits(opts) -> dict:
+    """split name -> folder of ``<class>/<image>``: ``data_dir/{train,val,test}`` or the HF examples' ``train_dir`` and
+    ``validation_dir``."""
+    if opts.train_dir:
+        return {"train": Path(opts.train_dir), **({"val": Path(opts.validation_dir)} if opts.validation_dir else {})}
+    if not opts.data_dir or not (Path(opts.data_dir) / "train").is_dir():
+        raise FileNotFoundError(f"the imagefolder dataset needs --data_dir holding train/<class name>/<images> (and "
+                                f"optionally val/ and test/ with the same class folders); got {opts.data_dir!r}")
+    return {split: Path(opts.data_dir) / split for split in SPLIT_NAMES if (Path(opts.data_dir) / split).is_dir()}
+
+
+def check_imagefolder_layout(folders: Mapping[str, Path]) -> None:
     """Every split folder holds one folder per class and nothing else of note, and its classes are train's."""
     classes = {}
-    for split in [d for d in SPLIT_NAMES if (root / d).is_dir()]:
-        folder = root / split
+    for split, folder in folders.items():
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{folder} is not a folder; the layout is {folder}/<class>/<image>")
         loose = sorted(p.name for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         if loose:
             shown = ", ".join(loose[:3]) + (", ..." if len(loose) > 3 else "")
@@ -89,24 +101,24 @@ def check_imagefolder_layout(root: Path) -> None:
     for split, found in classes.items():
         extra = sorted(found - train)
         if extra:
-            raise ValueError(f"{root / split} has class folders that train/ lacks: {extra[:10]}"
+            raise ValueError(f"{folders[split]} has class folders that train/ lacks: {extra[:10]}"
                              f"{' ...' if len(extra) > 10 else ''}; every class needs training images (fix the folder "
                              f"names, or remove those folders)")
         missing = sorted(train - found)
         if missing:
             logger.warning("%s has no images of %d classes (%s%s); their per-class accuracy on it is missing",
-                           root / split, len(missing), ", ".join(missing[:5]), " ..." if len(missing) > 5 else "")
+                           folders[split], len(missing), ", ".join(missing[:5]), " ..." if len(missing) > 5 else "")
 
 
 def build_imagefolder(opts):
-    """``data_dir/train/<class>/<image>`` (+ optional ``val/``, ``test/`` with the same class folders)."""
+    """``data_dir/train/<class>/<image>`` (+ optional ``val/``, ``test/`` with the same class folders), or
+    ``train_dir`` (+ ``validation_dir``) as in the HF examples."""
     from datasets import load_dataset
-    if not opts.data_dir or not (Path(opts.data_dir) / "train").is_dir():
-        raise FileNotFoundError(f"the imagefolder dataset needs --data_dir holding train/<class name>/<images> (and "
-                                f"optionally val/ and test/ with the same class folders); got {opts.data_dir!r}")
-    check_imagefolder_layout(Path(opts.data_dir))
-    data = from_splits(load_dataset("imagefolder", data_dir=opts.data_dir), "image", "label",
-                       f"imagefolder {opts.data_dir}")
+    folders = imagefolder_splits(opts)
+    check_imagefolder_layout(folders)
+    files = {split: str(folder / "**") for split, folder in folders.items()}
+    source = f"imagefolder {opts.train_dir or opts.data_dir}"
+    data = from_splits(load_dataset("imagefolder", data_files=files), "image", "label", source)
     return make_long_tailed(data, opts)
 
 
@@ -192,6 +204,8 @@ def build_hub(opts):
     written by ``save_to_disk``, or a local data folder."""
     from datasets import load_dataset, load_from_disk
     path = opts.hub_dataset_id
+    if path == "imagefolder":  # load_dataset("imagefolder", data_dir=...), spelled as in the HF examples
+        return build_imagefolder(opts)
     if not path:
         raise ValueError("--dataset hub needs --hub_dataset_id: a Hub dataset id (e.g. 'user/name') or a local "
                          "dataset folder, with --image_column / --label_column naming its columns")

@@ -41,8 +41,16 @@ FILE_NOTES = {
     "stage2_results.json": "stage-2 method and tau sweep", "results.json": "metrics of every score variant",
     "all_results.json": "the main metrics as flat eval_* keys",
     "per_class.csv": "per-class accuracy with training counts",
-    "per_class_accuracy.png": "per-class accuracy plot",
+    "per_class_accuracy.png": "per-class accuracy plot", "README.md": "this model card",
 }
+
+
+def file_note(path: str) -> str:
+    """What a repository file holds; weight shards by their suffix."""
+    name = path.split("/")[-1]
+    if name in FILE_NOTES:
+        return FILE_NOTES[name]
+    return "weights (one shard)" if name.endswith(".safetensors") else "a file of the run"
 
 
 def dataset_hub_id(run_cfg: dict) -> Optional[str]:
@@ -119,7 +127,7 @@ def build_model_card(path, repo_id: Optional[str] = None, eval_dirs: Sequence = 
     lines += _results_lines(evaluations, eval_folders, paper_result(dataset, backbone, image_size), dataset, backbone)
     lines += _provenance_lines(folders, run_cfg, tau, evaluations)
     if files:
-        lines += ["## Files", ""] + [f"- `{file}`: {FILE_NOTES.get(file.split('/')[-1], 'weights')}" for file in files]
+        lines += ["## Files", ""] + [f"- `{file}`: {file_note(file)}" for file in files]
     return ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n")
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shlex
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
@@ -105,11 +106,18 @@ def in_hub_cache(folder: Path) -> bool:
     return "snapshots" in parts and any(p.startswith("models--") for p in parts)
 
 
-def retry_command(model_dir, repo_id: str, private: bool, revision: Optional[str], eval_dirs: Sequence,
-                  card_path) -> str:
-    return (f"cadel-push-to-hub {model_dir} --repo_id {repo_id}" + " --private" * private
-            + (f" --revision {revision}" if revision else "") + "".join(f" --eval_dir {d}" for d in eval_dirs)
-            + (f" --card_path {card_path}" if eval_dirs else ""))
+def retry_command(model_dir, repo_id: str, *, private: bool, revision: Optional[str], commit_message: Optional[str],
+                  license: str, eval_dirs: Sequence, card_path) -> str:
+    """The ``cadel-push-to-hub`` command that repeats this push, every setting included (the token never: it comes
+    from HF_TOKEN or the saved login)."""
+    flags = [str(model_dir), "--repo_id", repo_id, "--license", license] + ["--private"] * private
+    flags += ["--revision", revision] if revision else []
+    flags += ["--commit_message", commit_message] if commit_message else []
+    for folder in eval_dirs:
+        flags += ["--eval_dir", str(folder)]
+    if Path(card_path) != Path(model_dir) / "README.md":
+        flags += ["--card_path", str(card_path)]
+    return "cadel-push-to-hub " + " ".join(shlex.quote(flag) for flag in flags)
 
 
 def push_to_hub(path, repo_id: Optional[str] = None, *, private: bool = False, token: Optional[str] = None,
@@ -119,7 +127,8 @@ def push_to_hub(path, repo_id: Optional[str] = None, *, private: bool = False, t
     repository id.
 
     Call it on the main process once the final model is written. The card is written locally first (``card_path``,
-    default ``<run folder>/README.md``). ``repo_id`` defaults to the run folder's name (in the token's namespace);
+    default ``<model folder>/README.md``: each model folder has its own card, which another stage's push never
+    touches). ``repo_id`` defaults to the run folder's name (in the token's namespace);
     ``token`` to ``HF_TOKEN`` or the saved login; ``revision`` is a branch, created when missing. For a model
     downloaded from the Hub, pass ``card_path`` outside the cache and the new results folders as ``eval_dirs``.
     """
@@ -127,10 +136,10 @@ def push_to_hub(path, repo_id: Optional[str] = None, *, private: bool = False, t
 
     folders = RunFolders.locate(path)
     if card_path is None:
-        if in_hub_cache(folders.run_dir):
-            raise ValueError(f"{folders.run_dir} is in the Hugging Face cache, where the model card must not be "
+        if in_hub_cache(folders.model_dir):
+            raise ValueError(f"{folders.model_dir} is in the Hugging Face cache, where the model card must not be "
                              f"written: pass card_path (e.g. your output_dir/README.md)")
-        card_path = folders.run_dir / "README.md"
+        card_path = folders.model_dir / "README.md"
     card_path = Path(card_path)
     repo_id = repo_id or folders.run_dir.name
     files = files_to_upload(folders.model_dir, eval_dirs)
@@ -148,9 +157,9 @@ def push_to_hub(path, repo_id: Optional[str] = None, *, private: bool = False, t
         api.create_commit(repo_id=full_id, operations=operations, revision=revision,
                           commit_message=commit_message or "Upload CADEL model, configs and results")
     except Exception as exc:  # noqa: BLE001 - any upload failure must leave the finished run usable
+        retry = retry_command(folders.model_dir, repo_id, private=private, revision=revision,
+                              commit_message=commit_message, license=license, eval_dirs=eval_dirs, card_path=card_path)
         raise PushError(f"pushing {folders.model_dir} to the Hub as {repo_id} failed ({type(exc).__name__}: {exc}). "
-                        f"The local results are intact; retry with: "
-                        f"{retry_command(folders.model_dir, repo_id, private, revision, eval_dirs, card_path)}"
-                        ) from exc
+                        f"The local results are intact; retry with: {retry}") from exc
     logger.info("pushed %d files to https://huggingface.co/%s", len(files) + 1, full_id)
     return full_id

@@ -1,13 +1,19 @@
 """The backbone of a cadel model as a timm model folder: ``config.json`` (architecture, the arguments that rebuild it,
-and a ``pretrained_cfg`` with the data's input size, mean and std) and ``model.safetensors``, which
+and a ``pretrained_cfg`` whose input size, crop, interpolation, mean and std rebuild the model's own evaluation
+transform) and ``model.safetensors``, which
 ``timm.create_model("local-dir:<folder>", pretrained=True)`` (or ``hf-hub:<id>`` once uploaded) loads. The exported
 model has no classifier (``num_classes=0``) and mean pooling: it returns the features the last exit classifies."""
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 
 import timm
 import torch
+
+SOURCE_KEYS = ("tag", "license", "origin_url", "paper_ids", "paper_name", "notes")
+INTERPOLATIONS = {0: "nearest", 2: "bilinear", 3: "bicubic"}  # PIL resample codes of the image processor
 
 
 def export_timm_backbone(model_ref: str, out_dir) -> Path:
@@ -27,10 +33,32 @@ def export_timm_backbone(model_ref: str, out_dir) -> Path:
     if missing or unexpected:
         raise ValueError(f"the backbone of {model_ref} does not match timm's {c.backbone} (missing {missing[:3]}, "
                          f"unexpected {unexpected[:3]})")
-    data_config = {"input_size": (3, c.image_size, c.image_size), "mean": tuple(c.image_mean),
-                   "std": tuple(c.image_std), "crop_pct": 224 / 256}
+    data_config = eval_data_config(find_model_dir(model_ref), c.image_size)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
         save_for_hf(plain.eval(), str(out), model_args=args, safe_serialization=True, data_config=data_config)
+    config = json.loads((out / "config.json").read_text())
+    for key in SOURCE_KEYS:  # the timm architecture's own weights (tag, licence) are not these weights
+        config["pretrained_cfg"].pop(key, None)
+    (out / "config.json").write_text(json.dumps(config, indent=2))
     return out
+
+
+def eval_data_config(model_dir: Path, image_size: int) -> dict:
+    """timm's ``pretrained_cfg`` data fields that rebuild the model's own evaluation transform (its saved image
+    processor): resize the shortest edge then center-crop ('imagenet'), or resize to the square ('small', 'none')."""
+    path = Path(model_dir) / "preprocessor_config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{model_dir} has no preprocessor_config.json (cadel saves one with every model), so "
+                                f"its evaluation transform is unknown; export a model folder written by cadel")
+    processor = json.loads(path.read_text())
+    config = {"input_size": (3, image_size, image_size), "mean": tuple(processor["image_mean"]),
+              "std": tuple(processor["image_std"]), "interpolation": INTERPOLATIONS[processor["resample"]]}
+    if not processor.get("do_center_crop"):
+        return {**config, "crop_pct": 1.0, "crop_mode": "squash"}
+    edge = processor["size"]["shortest_edge"]
+    crop_pct = image_size / edge  # timm resizes to floor(size / crop_pct): nudge a rounding down back to edge
+    if math.floor(image_size / crop_pct) != edge:
+        crop_pct = image_size / (edge + 0.25)
+    return {**config, "crop_pct": crop_pct, "crop_mode": "center"}

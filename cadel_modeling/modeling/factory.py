@@ -2,7 +2,6 @@
 a checkpoint file, or another cadel model to start from), and saving a model folder."""
 from __future__ import annotations
 
-import logging
 import shutil
 from pathlib import Path
 
@@ -13,8 +12,6 @@ from .locate import RUN_CONFIG_NAME, find_model_dir
 from .modeling_cadel import CadelConfig, CadelForImageClassification
 from .pretrained import load_pretrained_checkpoint
 from .processing import save_image_processor
-
-logger = logging.getLogger("cadel")
 
 
 def model_config_for(cfg, data) -> CadelConfig:
@@ -31,8 +28,8 @@ def model_config_for(cfg, data) -> CadelConfig:
 
 
 def build_model(cfg, data) -> CadelForImageClassification:
-    """The run's model: timm's weights by name (``pretrained``), then a checkpoint file (``pretrained_checkpoint``),
-    then another cadel model (``init_from``: its backbone, and its heads where the shapes match).
+    """The run's model: timm's weights by name (``pretrained``), then a checkpoint file (``pretrained_checkpoint``).
+    Stage 1 then starts it from another cadel model if asked (``init_from_model``).
 
     A backbone with learning rate 0 (Places-LT ResNet-152) is frozen: SGD would leave it unchanged anyway, and
     skipping its backward saves most of the compute. Its BatchNorm statistics still update in train mode, as in
@@ -49,23 +46,24 @@ def build_model(cfg, data) -> CadelForImageClassification:
                       f"false (optionally with --pretrained_checkpoint FILE)") from exc
     if cfg.pretrained_checkpoint:
         load_pretrained_checkpoint(model, cfg.pretrained_checkpoint)
-    if cfg.init_from:
-        init_from_model(model, cfg.init_from)
     if cfg.backbone_lr == 0:
         model.backbone.requires_grad_(False)
     return model
 
 
-def init_from_model(model: CadelForImageClassification, ref: str) -> None:
-    """Start ``model`` from the cadel model at ``ref`` (folder, run folder or Hub id): same backbone required."""
+def init_from_model(model: CadelForImageClassification, ref: str) -> dict:
+    """Start ``model`` from the cadel model at ``ref`` (folder, run folder or Hub id): same backbone required; its
+    backbone, and its heads where the shapes match. Returns what was loaded, for the run's log and run_info.json."""
     source = find_model_dir(ref)
     source_config = CadelConfig.from_pretrained(str(source))
     if source_config.backbone.split(".")[0] != model.config.backbone.split(".")[0]:
         raise ValueError(f"--init_from {ref} is a {source_config.backbone} cascade but this run builds "
                          f"{model.config.backbone}; pass --backbone {source_config.backbone} (and its exit settings)")
     report = load_pretrained_checkpoint(model, source)
-    logger.info("initialised from %s: %d tensors loaded, %d kept fresh (new class count or head)", ref,
-                len(report.loaded), len(report.missing) + len(report.shape_mismatch))
+    fresh = [name for name in model.state_dict() if name not in set(report.loaded)]
+    return {"source": ref, "tensors_loaded": len(report.loaded), "tensors_fresh": len(fresh), "fresh": fresh,
+            "summary": f"initialised from {ref}: {len(report.loaded)} tensors loaded, {len(fresh)} kept fresh "
+                       f"(new class count or head)"}
 
 
 def save_model(net: CadelForImageClassification, path, run_config, augmentation: str) -> None:

@@ -147,7 +147,9 @@ def load_state_dict_into(module: nn.Module, state: Dict[str, torch.Tensor], repo
         accepted[name] = tensor
     module.load_state_dict(accepted, strict=False)
     report.loaded = sorted(accepted)
-    report.missing = [k for k in own if k not in accepted and not k.endswith("num_batches_tracked")]
+    mismatched = {entry.split(":")[0] for entry in report.shape_mismatch}  # listed once, as mismatched
+    report.missing = [k for k in own if k not in accepted and k not in mismatched and
+                      not k.endswith("num_batches_tracked")]
     return report
 
 

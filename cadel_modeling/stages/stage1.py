@@ -21,6 +21,7 @@ from accelerate.data_loader import prepare_data_loader
 from accelerate.utils import set_seed
 
 from ..config import RunConfig
+from ..config.parsing import dropped_keys_note
 from ..data import DataOptions, build_datasets, is_streamed
 from ..data.gpu_augment import DeviceAugment
 from ..data.loaders import (
@@ -33,7 +34,7 @@ from ..data.loaders import (
 from ..inference import predict, predict_split, process_invariant_loader
 from ..metrics import group_accuracies, top1
 from ..modeling.costs import model_summary
-from ..modeling.factory import build_model, load_model, save_model
+from ..modeling.factory import build_model, init_from_model, load_model, save_model
 from ..modeling.heads import adjust_logits, combine_exits
 from ..results import write_report
 from ..training import tracking
@@ -51,13 +52,14 @@ from ..training.checkpointing import (
     verify,
 )
 from ..training.loop import LoopOptions, NonFiniteLossError, train_one_epoch
-from ..training.losses import CascadeLoss, annealing_T
+from ..training.losses import CascadeLoss
 from ..training.optim import OptimizerSpec, build_optimizer
 from ..training.preemption import Preempted, Preemption
+from ..training.step_log import StepLogger
 from ..training.tracking import tracking_kwargs
 from ..utils.finite import NonFiniteTensorError
 from ..utils.io import append_jsonl, command_line, read_json, read_jsonl, rewrite_jsonl, write_json
-from ..utils.logging import log_to_file, setup_logging
+from ..utils.logging import lines_above_bars, log_to_file, setup_logging
 from . import push
 
 logger = logging.getLogger("cadel")
@@ -132,7 +134,7 @@ def claim_output_dir(cfg: RunConfig, accelerator, resuming: bool) -> Path:
     return out
 
 
-def run_info(cfg: RunConfig, data, accelerator) -> dict:
+def run_info(cfg: RunConfig, data, accelerator, init: Optional[dict]) -> dict:
     import accelerate
     import timm
     import transformers
@@ -143,28 +145,8 @@ def run_info(cfg: RunConfig, data, accelerator) -> dict:
             "mixed_precision": accelerator.mixed_precision, "device": str(accelerator.device),
             "versions": {"python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__,
                          "accelerate": accelerate.__version__, "transformers": transformers.__version__},
-            "class_names": data.class_names, "class_counts": data.class_counts, "data_notes": data.notes}
-
-
-def step_logger(accelerator, batch_size: int, epochs: int, state: TrainState):
-    """What trackers get for every optimizer step (from the loop's late step records, so no host sync): loss, lr,
-    T, the mean cascade weight per exit, skipped steps and images/s."""
-    if not accelerator.log_with:
-        return None
-    last = {"time": time.time(), "step": state.global_step}
-
-    def log(record) -> None:
-        now = time.time()
-        values = {"train/lr": record.lr, "train/T": annealing_T(record.epoch, epochs),
-                  "train/skipped_steps": state.skipped_steps,
-                  **{f"train/cascade_weight_exit{k + 1}": w for k, w in enumerate(record.mean_weights)}}
-        if not record.skipped:
-            values["train/loss"] = record.loss
-        if now > last["time"]:
-            values["train/images_per_s"] = batch_size * (record.global_step - last["step"]) / (now - last["time"])
-        last.update(time=now, step=record.global_step)
-        accelerator.log(values, step=record.global_step)
-    return log
+            "class_names": data.class_names, "class_counts": data.class_counts, "data_notes": data.notes,
+            "init_from": init}
 
 
 def evaluate_best_on_val(accelerator, model_dir: Path, data, loader_spec: LoaderSpec) -> None:
@@ -181,6 +163,7 @@ def run(cfg: RunConfig) -> dict:
     enable_fast_kernels()
     trackers = tracking_kwargs(cfg.report_to, cfg.tracking_dir, Path(cfg.output_dir) / "tracking")
     accelerator = make_accelerator(gradient_accumulation_steps=cfg.grad_accum_steps,
+                                   mixed_precision=cfg.mixed_precision,
                                    dynamo_backend="inductor" if cfg.torch_compile else None,
                                    dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True), **trackers)
     setup_logging(accelerator.is_main_process)
@@ -191,6 +174,7 @@ def run(cfg: RunConfig) -> dict:
     with accelerator.main_process_first():
         data = build_datasets(DataOptions.from_config(cfg))
     model = build_model(cfg, data)
+    init = init_from_model(model, cfg.init_from) if cfg.init_from else None
     signature = signature_of(cfg, model.config)
     if resume_path is not None:
         check_signature(resume_path, signature)
@@ -230,20 +214,23 @@ def run(cfg: RunConfig) -> dict:
     if accelerator.is_main_process:
         log_to_file(out / "train.log")
         cfg.save(out / "config.yaml")
-        write_json(out / "run_info.json", run_info(cfg, data, accelerator))
+        write_json(out / "run_info.json", run_info(cfg, data, accelerator, init))
         if resume_path is not None:  # drop records of epochs the resumed run redoes: one record per epoch
             rewrite_jsonl(log_path, [r for r in read_jsonl(log_path) if r["epoch"] < state.epoch])
             logger.info("resumed from %s at epoch %d, step %d", resume_path, state.epoch, state.step_in_epoch)
         logger.info("%s cascade, parameters and MACs per image:\n%s", cfg.backbone,
                     model_summary(net, cfg.image_size))
-    for note in data.notes:
-        logger.info(note)
+    for note in [dropped_keys_note(cfg), init and init["summary"]] + data.notes:
+        if note:
+            logger.info(note)
     if cfg.export_dataset and accelerator.is_main_process:
         from ..data.export import export_splits
         logger.info("exported the splits of this run to %s", export_splits(data, cfg.export_dataset, cfg.hub_token))
     meta = {**signature, "run_id": cfg.run_id}
     tracking.start(accelerator, cfg.run_name or out.name, cfg.to_dict())
-    log_step = step_logger(accelerator, cfg.batch_size, cfg.epochs, state)
+    log_step = StepLogger(accelerator, log_every=cfg.log_every, batch_size=cfg.batch_size, epochs=cfg.epochs,
+                          steps_per_epoch=steps_per_epoch, start_step=state.global_step,
+                          skipped_steps=lambda: state.skipped_steps)
 
     def checkpoint():
         save_checkpoint(accelerator, model, optimizer, state, out, cfg.keep_last_checkpoints, meta)
@@ -257,7 +244,7 @@ def run(cfg: RunConfig) -> dict:
         def prepare_batch(batch):
             return augment(batch, state.epoch, accelerator.device)
     try:
-        with Preemption() as preemption:
+        with Preemption() as preemption, lines_above_bars():
             while state.epoch <= cfg.epochs:
                 t0 = time.time()
                 train_loader.set_epoch(state.epoch)

@@ -43,12 +43,24 @@ def log_to_file(path: Optional[Path]) -> None:
     logging.getLogger().addHandler(handler)
 
 
-def progress(iterable=None, *, main: bool = True, **kwargs):
-    """A tqdm bar on the main process of an interactive session; in a log file (not a terminal) the per-epoch log
-    lines say enough, and redrawn bars would bury them (``CADEL_PROGRESS=1`` forces the bars)."""
+def bars_shown() -> bool:
+    """tqdm bars on a terminal; in a log file (not a terminal) the ``--log_every`` lines say enough and redrawn bars
+    would bury them. ``CADEL_PROGRESS=1`` forces the bars, ``CADEL_PROGRESS=0`` turns them off."""
     import os
     import sys
+    forced = os.environ.get("CADEL_PROGRESS")
+    return forced == "1" if forced in ("0", "1") else sys.stderr.isatty()
 
+
+def progress(iterable=None, *, main: bool = True, **kwargs):
+    """A tqdm bar on the main process when ``bars_shown()``."""
     from tqdm.auto import tqdm
-    shown = main and (sys.stderr.isatty() or os.environ.get("CADEL_PROGRESS") == "1")
-    return tqdm(iterable, disable=not shown, leave=False, **kwargs)
+    return tqdm(iterable, disable=not (main and bars_shown()), leave=False, **kwargs)
+
+
+def lines_above_bars():
+    """While bars are drawn, console log lines are written above them (tqdm.write), not through them."""
+    import contextlib
+
+    from tqdm.contrib.logging import logging_redirect_tqdm
+    return logging_redirect_tqdm() if bars_shown() else contextlib.nullcontext()
