@@ -149,8 +149,8 @@ def rule_evidence_text(evidence: dict) -> str:
     """One sentence: the best weighting on val against the model's rule, and whether the evidence is strong."""
     weights = "/".join(f"{w / sum(evidence['candidate_weights']):.2f}" for w in evidence["candidate_weights"])
     best = f"learned exit weights {weights}" if evidence["candidate"] == "grid" else evidence["candidate"]
-    return (f"the best on val ({best}, tau = {evidence['candidate_tau']:g}) scored {100 * evidence['gain']:+.2f} "
-            f"points over the model's {evidence['model_rule']} (tau = {evidence['model_rule_tau']:g}) on "
+    return (f"the best on val ({best} at tau = {evidence['candidate_tau']:g}) scored {100 * evidence['gain']:+.2f} "
+            f"points over the model's {evidence['model_rule']} at tau = {evidence['model_rule_tau']:g} on "
             f"{evidence['val_size']} val images and was ahead in {100 * evidence['fraction_ahead']:.1f}% of "
             f"{evidence['resamples']} paired bootstrap resamples ({100 * evidence['threshold']:g}% needed): "
             f"{'strong' if evidence['strong'] else 'too weak'} evidence")

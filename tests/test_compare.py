@@ -106,3 +106,71 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:  # argparse: usage and one line, exit 2
         cli.main(["--recipes", "cadle"])
     assert exc.value.code == 2 and "invalid choice: 'cadle'" in capsys.readouterr().err
+
+
+def test_resuming_skips_what_is_done_and_rerun_stage2_redoes_only_stage_2(tmp_path, monkeypatch):
+    from cadel_modeling.compare import runs
+
+    calls = []
+
+    def fake_run(cmd, log, what):  # stage 2 writes its results, as the real one does
+        calls.append(what)
+        if "stage 2" in what:
+            write(run_dir / "stage2_logit_adjustment" / "stage2_results.json",
+                  {**stage2_result(True), "ensemble": None})
+        return 5.0
+
+    def write(path, obj):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(obj))
+
+    monkeypatch.setattr(runs, "run_logged", fake_run)
+    run_dir, log, launcher = tmp_path / "cadel" / "seed0", tmp_path / "log.txt", Launcher("python")
+    write(run_dir / "stage1_summary.json", {})  # stage 1 finished, stage 2 not yet
+    first = runs.train(run_dir, "cadel", 0, [], [], log, launcher)
+    assert calls == ["stage 2 of cadel seed 0"] and (first["stage1_s"], first["stage2_s"]) == (0.0, 5.0)
+    assert first["rows"]["CADEL + robust exit rule"]["All"] == 0.73 and first["rule_evidence"] == {"strong": True}
+    assert runs.train(run_dir, "cadel", 0, [], [], log, launcher) == first and len(calls) == 1  # read back
+    (run_dir / RUN_RECORD).unlink()  # stopped after stage 2 but before its record: stage 2 is not redone
+    assert runs.train(run_dir, "cadel", 0, [], [], log, launcher)["rows"] == first["rows"] and len(calls) == 1
+    again = runs.train(run_dir, "cadel", 0, [], [], log, launcher, rerun_stage2=True)
+    assert calls == ["stage 2 of cadel seed 0"] * 2 and again["stage2_s"] == 5.0
+    (run_dir / "stage1_summary.json").unlink()  # an unfinished stage 1 is trained, then stage 2 again
+    (run_dir / RUN_RECORD).unlink()
+    runs.train(run_dir, "cadel", 0, [], [], log, launcher)
+    assert calls[2:] == ["stage 1 of cadel seed 0", "stage 2 of cadel seed 0"]
+
+
+def test_the_grid_reports_progress_reads_finished_runs_back_and_writes_its_outputs(tmp_path, monkeypatch, capsys):
+    from cadel_modeling.compare.runs import shown
+
+    out = tmp_path / "grid"
+    trained = []
+
+    def fake_train(run_dir, recipe, seed, base, extra, log, launcher, rerun_stage2):
+        trained.append((recipe, seed))
+        return {"recipe": recipe, "seed": seed, "stage1_s": 3.0, "stage2_s": 2.0,
+                "rows": run_rows(recipe, stage2_result(strong=True))}
+
+    monkeypatch.setattr(cli, "train", fake_train)
+    finished = out / "ce" / "seed0"  # finished earlier, with this grid's flags
+    finished.mkdir(parents=True)
+    command = shown(stage1_command(Launcher("accelerate"), finished, "ce", 0, ["--config", "fashion_mnist_lt"], []))
+    (finished / RUN_RECORD).write_text(json.dumps({"command": command}))
+    assert cli.main(["--recipes", "ce", "cadel", "--seeds", "0", "1", "--out", str(out)]) == 0
+    assert trained == [("ce", 0), ("cadel", 0), ("ce", 1), ("cadel", 1)]  # train() reads the finished one back
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == (f"4 runs in {out} (accelerate launcher): fashion_mnist_lt data, training split cut to IF 100 "
+                        f"(exp profile), resnet18, 30 epochs, mixup alpha 0.5")
+    cadel = "CADEL 70.0, CADEL + exit weights on val 73.0, CADEL + robust exit rule 73.0 (5 s)"
+    assert lines[1:8] == ["[1/4] ce seed 0: CE 60.0, CE + post-hoc LA 70.0 (read back)",
+                          f"[2/4] cadel seed 0: training, log in {out / 'log.txt'}", f"[2/4] cadel seed 0: {cadel}",
+                          f"[3/4] ce seed 1: training, log in {out / 'log.txt'}",
+                          "[3/4] ce seed 1: CE 60.0, CE + post-hoc LA 70.0 (5 s)",
+                          f"[4/4] cadel seed 1: training, log in {out / 'log.txt'}", f"[4/4] cadel seed 1: {cadel}"]
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["paired_vs_baseline"]["All"]["CADEL + robust exit rule"]["values"] == pytest.approx([3.0, 3.0])
+    assert saved["how"].startswith(f"`cadel-compare --recipes ce cadel --seeds 0 1 --out {out}`: fashion_mnist_lt, "
+                                   f"seeds [0, 1]; best epoch")
+    assert markdown(saved["aggregate"], saved["paired_vs_baseline"]["All"]) in (out / "table.md").read_text()
+    assert (out / "compare.png").read_bytes()[:4] == b"\x89PNG"

@@ -224,8 +224,8 @@ def test_model_card_states_the_exit_rule_decision_and_its_evidence(run, tmp_path
     write_json(results, {**json.loads(results.read_text()), "rule_evidence": evidence, "selected_rule": chosen})
     text = build_model_card(folder / "stage2_logit_adjustment" / "model").text
     assert ("- Exit rule (`--select_inference_rule`, beyond the paper): kept the model's own rule; the best on val "
-            "(learned exit weights 0.30/0.00/0.70, tau = 0.75) scored +1.50 points over the model's last exit (CNN "
-            "rule) (tau = 1) on 200 val images and was ahead in 72.3% of 1000 paired bootstrap resamples (95% "
+            "(learned exit weights 0.30/0.00/0.70 at tau = 0.75) scored +1.50 points over the model's last exit (CNN "
+            "rule) at tau = 1 on 200 val images and was ahead in 72.3% of 1000 paired bootstrap resamples (95% "
             "needed): too weak evidence\n") in text
     write_json(results, {**json.loads(results.read_text()), "selected_rule": None})  # not asked for: no line
     assert "Exit rule" not in build_model_card(folder / "stage2_logit_adjustment" / "model").text

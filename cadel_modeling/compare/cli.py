@@ -53,6 +53,8 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument("--launcher", default="accelerate", choices=["accelerate", "python"],
                         help="start each stage with `accelerate launch` or a plain `python -m` (one process)")
     parser.add_argument("--launch_args", default="", help="flags for `accelerate launch`, in one string")
+    parser.add_argument("--rerun_stage2", action="store_true", help="run stage 2 again on every finished stage 1 "
+                        "(e.g. to add what a newer stage 2 records, such as the robust exit rule, to older runs)")
     return parser
 
 
@@ -101,18 +103,19 @@ def main(argv: Optional[List[str]] = None, prog: str = "cadel-compare", out_root
           + f", {cfg.backbone}, {cfg.epochs} epochs, mixup alpha {cfg.mixup_alpha:g}", flush=True)
     runs, started = [], time.time()
     for k, (seed, recipe) in enumerate(grid, 1):
-        if not (out / recipe / f"seed{seed}" / RUN_RECORD).is_file():
+        read_back = not args.rerun_stage2 and (out / recipe / f"seed{seed}" / RUN_RECORD).is_file()
+        if not read_back:
             print(f"[{k}/{len(grid)}] {recipe} seed {seed}: training, log in {out / 'log.txt'}", flush=True)
         try:
-            run = train(out / recipe / f"seed{seed}", recipe, seed, base, extra, out / "log.txt", launcher)
+            run = train(out / recipe / f"seed{seed}", recipe, seed, base, extra, out / "log.txt", launcher,
+                        args.rerun_stage2)
         except RunFailed as exc:
             print(f"error: {exc}. Finished runs are kept: the same command continues the grid", file=sys.stderr)
             return exc.exit_code
         runs.append(run)
-        took = run["stage1_s"] + run["stage2_s"]
         print(f"[{k}/{len(grid)}] {recipe} seed {seed}: " + ", ".join(
             f"{label} {100 * r['All']:.1f}" for label, r in run["rows"].items())
-            + (f" ({took:.0f} s)" if took else " (read back)"), flush=True)
+            + (" (read back)" if read_back else f" ({run['stage1_s'] + run['stage2_s']:.0f} s)"), flush=True)
     agg, diffs = aggregate(runs), paired(runs)
     table = markdown(agg, diffs)
     cpu_s = sum(r["stage1_s"] + r["stage2_s"] for r in runs)

@@ -86,21 +86,23 @@ def run_logged(cmd: Sequence[str], log: Path, what: str) -> float:
 
 
 def train(run_dir: Path, recipe: str, seed: int, base: Sequence[str], extra: Sequence[str], log: Path,
-          launcher: Launcher) -> dict:
-    """Stage 1 + stage 2 of one run (each skipped when already done); returns the run's record."""
+          launcher: Launcher, rerun_stage2: bool = False) -> dict:
+    """Stage 1 + stage 2 of one run (each skipped when already done; ``rerun_stage2``: stage 2 again on the
+    finished stage 1, e.g. for what a newer stage 2 records); returns the run's record."""
     record = run_dir / RUN_RECORD
-    if record.is_file():
-        return json.loads(record.read_text())
+    before = json.loads(record.read_text()) if record.is_file() else {}
+    if before and not rerun_stage2:
+        return before
     stage1 = stage1_command(launcher, run_dir, recipe, seed, base, extra)
     resume = ["--resume_from_checkpoint", "latest"] if (run_dir / "checkpoints").is_dir() else \
         (["--overwrite_output_dir"] if run_dir.exists() else [])
     what = f"{recipe} seed {seed}"
     train_stage1 = not (run_dir / "stage1_summary.json").is_file()
-    t1 = run_logged(stage1 + resume, log, f"stage 1 of {what}") if train_stage1 else 0.0
+    t1 = run_logged(stage1 + resume, log, f"stage 1 of {what}") if train_stage1 else before.get("stage1_s", 0.0)
     results = run_dir / "stage2_logit_adjustment" / "stage2_results.json"
     # a stage 2 that finished after a finished stage 1 is kept (the run stopped before its record was written)
     t2 = run_logged(launcher.command(STAGE2) + ["--stage1_dir", str(run_dir)], log, f"stage 2 of {what}") \
-        if train_stage1 or not results.is_file() else 0.0
+        if train_stage1 or rerun_stage2 or not results.is_file() else 0.0
     result = json.loads(results.read_text())
     out = {"recipe": recipe, "seed": seed, "tau": result["tau"], "stage1_s": round(t1, 1), "stage2_s": round(t2, 1),
            "command": shown(stage1),
