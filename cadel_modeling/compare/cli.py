@@ -1,8 +1,8 @@
 """Does CADEL help on my data, and with which exit rule? CADEL against strong long-tail baselines (CE + post-hoc
 logit adjustment, the logit-adjusted loss, Balanced Softmax) trained the same way on the same data, over seeds.
 
-    cadel-compare --recipes ce cadel --seeds 0 1 -- --dataset imagefolder --data_dir DIR
-    cadel-compare --launch_args "--num_processes 4 --mixed_precision bf16" -- --config cifar100_lt --data_dir DIR
+    cadel-compare --recipes ce cadel --seeds 0 1 -- --dataset imagefolder --data_dir DIR --imb_factor null
+    cadel-compare --launch_args="--num_processes 4 --mixed_precision bf16" --config cifar100_lt -- --data_dir DIR
     python -m cadel_modeling.compare                 # the default grid: Fashion-MNIST-LT, 6 recipes, 3 seeds
     python -m cadel_modeling.compare --quick         # a smoke run: tiny data and model, 2 epochs
 
@@ -10,8 +10,10 @@ Every recipe is the same preset (``--config``) with a few stage-1 flags changed,
 augmentation (mixup included), schedule and epochs are the same; best epoch, tau and exit weights are chosen on the
 validation split, and the test split is scored once. Flags after a bare ``--`` go to stage 1 of every run: any
 dataset a run accepts (a preset's, ``--dataset imagefolder --data_dir DIR``, ``--dataset hub --hub_dataset_id
-ID``). Each stage runs under ``accelerate launch`` (your ``accelerate config``, or ``--launch_args``), or as a plain
-``python -m`` (``--launcher python``). The table reports every recipe against CE + post-hoc LA on the same seed.
+ID``); the preset's data settings apply to it too (``fashion_mnist_lt`` cuts a training split to IF 100:
+``--imb_factor null`` keeps yours as it is). Each stage runs under ``accelerate launch`` (your ``accelerate
+config``, or ``--launch_args``), or as a plain ``python -m`` (``--launcher python``). The table reports every recipe
+against CE + post-hoc LA on the same seed.
 
 Writes ``<out>/results.json`` (every run and the aggregates), ``<out>/table.md`` and a plot. Finished runs are kept:
 rerun the same command after an interruption and the grid continues (a half-trained run resumes from its
@@ -52,7 +54,8 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="tiny model and data, 2 epochs, seed 0 (tests)")
     parser.add_argument("--launcher", default="accelerate", choices=["accelerate", "python"],
                         help="start each stage with `accelerate launch` or a plain `python -m` (one process)")
-    parser.add_argument("--launch_args", default="", help="flags for `accelerate launch`, in one string")
+    parser.add_argument("--launch_args", default="", help="flags for `accelerate launch`, in one string: "
+                        "--launch_args=\"--num_processes 2\"")
     parser.add_argument("--rerun_stage2", action="store_true", help="run stage 2 again on every finished stage 1 "
                         "(e.g. to add what a newer stage 2 records, such as the robust exit rule, to older runs)")
     return parser
