@@ -1,5 +1,6 @@
 """Post-hoc logit adjustment (the original's whole "stage 2"): ``z - tau * log(prior)``, tau chosen on validation,
-and exit weights for the ensemble chosen on validation the same way.
+exit weights for the ensemble chosen on validation the same way, and the evidence that the best weighting on
+validation really beats the model's own rule (a paired bootstrap over the validation images).
 
 The logits of each split are computed once and every tau (and every exit weighting) is applied in memory; the
 original re-ran the network for each tau.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import itertools
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 
 from .modeling.heads import adjust_logits, combine_exits, weighted_scores
@@ -72,12 +74,16 @@ def simplex_grid(num_exits: int, step: float) -> List[Tuple[float, ...]]:
             if sum(combo) == parts]
 
 
-def exit_weight_candidates(num_exits: int, step: float, rule: str) -> List[Tuple[str, Tuple[float, ...]]]:
-    """Named weightings, searched in this order: the model's own rule, the other rule, then the simplex grid."""
+def rule_weightings(num_exits: int, rule: str) -> List[Tuple[str, Tuple[float, ...]]]:
+    """The two rules as named exit weightings, the model's own rule first."""
     rules = {"last": ("last exit (CNN rule)", (0.0,) * (num_exits - 1) + (1.0,)),
              "sum": ("sum of exits (ViT rule)", (1.0,) * num_exits)}
-    ordered = [rules[rule]] + [v for k, v in rules.items() if k != rule]
-    return ordered + [("grid", w) for w in simplex_grid(num_exits, step)]
+    return [rules[rule]] + [v for k, v in rules.items() if k != rule]
+
+
+def exit_weight_candidates(num_exits: int, step: float, rule: str) -> List[Tuple[str, Tuple[float, ...]]]:
+    """Named weightings, searched in this order: the model's own rule, the other rule, then the simplex grid."""
+    return rule_weightings(num_exits, rule) + [("grid", w) for w in simplex_grid(num_exits, step)]
 
 
 def search_exit_weights(exit_logits: torch.Tensor, labels: torch.Tensor, class_counts: Sequence[int],
@@ -99,3 +105,52 @@ def search_exit_weights(exit_logits: torch.Tensor, labels: torch.Tensor, class_c
     best["normalized_weights"] = [w / total for w in best["weights"]]
     return {**best, "rules_val_top1": rules_top1, "grid_step": step, "tau_grid": [float(t) for t in tau_grid],
             "num_candidates": len(candidates) * len(tau_grid)}
+
+
+# ------------------------------------------------------------------------------------------------ rule choice
+BOOTSTRAP_SEED = 0  # fixed, so that the same validation logits always give the same decision
+
+
+def paired_bootstrap_ahead(candidate_correct, baseline_correct, resamples: int, seed: int = BOOTSTRAP_SEED) -> float:
+    """The fraction of ``resamples`` bootstrap resamples of the images (n of the n drawn with replacement, one draw
+    shared by both) in which the candidate gets strictly more images right than the baseline."""
+    diff = np.asarray(candidate_correct, dtype=np.int64) - np.asarray(baseline_correct, dtype=np.int64)
+    n = len(diff)
+    rng = np.random.default_rng(seed)
+    chunk = max(1, 2 ** 22 // n)  # bounded memory; numpy draws the same numbers whatever the chunk size
+    ahead = 0
+    for start in range(0, resamples, chunk):
+        draw = rng.integers(0, n, size=(min(chunk, resamples - start), n))
+        ahead += int((diff[draw].sum(axis=1) > 0).sum())
+    return ahead / resamples
+
+
+def rule_change_evidence(exit_logits: torch.Tensor, labels: torch.Tensor, class_counts: Sequence[int],
+                         ensemble: dict, rule: str, tau: float, resamples: int, confidence: float) -> dict:
+    """Does the best weighting on validation (``ensemble``, from ``search_exit_weights``) beat the model's own
+    rule at its ``tau`` by more than the luck of which images are in the split? Both score the same images; the
+    candidate is ``strong`` when it is ahead on the split and in at least ``confidence`` of ``resamples`` paired
+    bootstrap resamples. It was picked as the best of many on these very images, so the test is, if anything,
+    lenient: hence a high threshold (0.95 by default)."""
+    labels = labels.to(exit_logits.device)
+    own_name, own_weights = rule_weightings(exit_logits.shape[0], rule)[0]
+    own = weighted_scores(exit_logits, own_weights, class_counts, float(tau)).argmax(-1) == labels
+    best = weighted_scores(exit_logits, ensemble["weights"], class_counts, ensemble["tau"]).argmax(-1) == labels
+    n, own_right, best_right = len(labels), int(own.sum()), int(best.sum())
+    ahead = paired_bootstrap_ahead(best.cpu().numpy(), own.cpu().numpy(), resamples)
+    return {"candidate": ensemble["source"], "candidate_weights": list(ensemble["weights"]),
+            "candidate_tau": ensemble["tau"], "candidate_val_top1": best_right / n, "model_rule": own_name,
+            "model_rule_tau": float(tau), "model_rule_val_top1": own_right / n, "gain": (best_right - own_right) / n,
+            "fraction_ahead": ahead, "resamples": resamples, "seed": BOOTSTRAP_SEED, "val_size": n,
+            "threshold": confidence, "strong": best_right > own_right and ahead >= confidence}
+
+
+def rule_evidence_text(evidence: dict) -> str:
+    """One sentence: the best weighting on val against the model's rule, and whether the evidence is strong."""
+    weights = "/".join(f"{w / sum(evidence['candidate_weights']):.2f}" for w in evidence["candidate_weights"])
+    best = f"learned exit weights {weights}" if evidence["candidate"] == "grid" else evidence["candidate"]
+    return (f"the best on val ({best} at tau = {evidence['candidate_tau']:g}) scored {100 * evidence['gain']:+.2f} "
+            f"points over the model's {evidence['model_rule']} at tau = {evidence['model_rule_tau']:g} on "
+            f"{evidence['val_size']} val images and was ahead in {100 * evidence['fraction_ahead']:.1f}% of "
+            f"{evidence['resamples']} paired bootstrap resamples ({100 * evidence['threshold']:g}% needed): "
+            f"{'strong' if evidence['strong'] else 'too weak'} evidence")

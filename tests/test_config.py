@@ -99,6 +99,17 @@ def test_bad_values_and_typos_get_one_clear_line(argv, message):
     assert message in str(exc.value)
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--select_rule_confidence", "1.5"], "select_rule_confidence in the command line must be a fraction between 0 "
+                                          "and 1 (0.95: ahead in 95% of resamples), got 1.5"),
+    (["--select_rule_resamples", "0"], "select_rule_resamples in the command line must be at least 1"),
+])
+def test_bad_rule_choice_settings_get_one_clear_line(argv, message):
+    with pytest.raises(ConfigError) as exc:
+        parse_config(argv, command=STAGE2)
+    assert message in str(exc.value)
+
+
 def test_hf_example_names_and_bare_booleans(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     cfg = parse_config(["--learning_rate", "0.3", "--num_train_epochs", "7", "--gradient_accumulation_steps", "2",

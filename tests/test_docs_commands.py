@@ -11,7 +11,8 @@ benchmarks/*.md is checked without running anything:
   command, every value coerces, ``--config`` is a preset or a file. Stage 2 and evaluation then read the model they
   point at; those folders are not looked for, but ``--stage1_dir`` / ``--eval_model`` must be given;
 * other scripts and console scripts (benchmarks, ``cadel-push-to-hub``): the arguments parse with the argparse parser
-  their ``main`` builds (caught before it returns), or, without a ``main``, every flag appears in ``--help``;
+  their ``main`` builds (caught before it returns), or, without a ``main``, every flag appears in ``--help``; what
+  follows a bare ``--`` (``cadel-compare``: flags for stage 1 of every run) parses as stage 1's;
 * ``python -m MODULE``: the module exists (and ``.py`` files named after it exist); ``python -c CODE``: it compiles;
 * ``make TARGET``: a target of the Makefile.
 
@@ -326,8 +327,11 @@ def check_main(module, function: str, args: List[str], what: str) -> None:
         with mock.patch.object(module, "run_command", lambda command, *a, **k: seen.setdefault("command", command)):
             main(list(args))
         check_cadel(seen["command"], args, what)
-    else:
-        check_argparse(parser_of(main), args, what)
+    else:  # cadel-compare hands what follows a bare `--` to stage 1 of every run
+        head, tail = (args[:args.index("--")], args[args.index("--") + 1:]) if "--" in args else (args, None)
+        check_argparse(parser_of(main), head, what)
+        if tail is not None:
+            check_cadel("stage1", tail, what)
 
 
 def check_script(path: str, args: List[str], what: str) -> None:

@@ -211,6 +211,26 @@ def test_model_card_compares_with_the_papers_number(run, tmp_path):
     assert "58.0% top-1 on the val split against 58.5% in the original README (-0.5 points)" in text  # no test eval
 
 
+def test_model_card_states_the_exit_rule_decision_and_its_evidence(run, tmp_path):
+    folder = tmp_path / "tiny_lt"
+    shutil.copytree(run.dir, folder)
+    results = folder / "stage2_logit_adjustment" / "stage2_results.json"
+    evidence = {"candidate": "grid", "candidate_weights": [0.3, 0.0, 0.7], "candidate_tau": 0.75,
+                "candidate_val_top1": 0.62, "model_rule": "last exit (CNN rule)", "model_rule_tau": 1.0,
+                "model_rule_val_top1": 0.605, "gain": 0.015, "fraction_ahead": 0.723, "resamples": 1000, "seed": 0,
+                "val_size": 200, "threshold": 0.95, "strong": False}
+    chosen = {"rule": "last", "exit_weights": None, "tau": 1.0, "selected_on": "val", "moved": False,
+              "source": "last exit (CNN rule)", "val_top1": 0.605}
+    write_json(results, {**json.loads(results.read_text()), "rule_evidence": evidence, "selected_rule": chosen})
+    text = build_model_card(folder / "stage2_logit_adjustment" / "model").text
+    assert ("- Exit rule (`--select_inference_rule`, beyond the paper): kept the model's own rule; the best on val "
+            "(learned exit weights 0.30/0.00/0.70 at tau = 0.75) scored +1.50 points over the model's last exit (CNN "
+            "rule) at tau = 1 on 200 val images and was ahead in 72.3% of 1000 paired bootstrap resamples (95% "
+            "needed): too weak evidence\n") in text
+    write_json(results, {**json.loads(results.read_text()), "selected_rule": None})  # not asked for: no line
+    assert "Exit rule" not in build_model_card(folder / "stage2_logit_adjustment" / "model").text
+
+
 def test_every_paper_preset_finds_its_paper_number():
     from cadel_modeling.config import parse_config, preset_names
     found = {}

@@ -85,7 +85,8 @@ def test_tau_sweep_runs_the_network_once_per_split(stage2_env, monkeypatch):
         pushed.append((path, repo_id, private, written))
 
     monkeypatch.setattr(publish, "push_to_hub", push)
-    summary, calls = run("--stage2_method", "logit_adjustment", "--push_to_hub", "true", "--hub_model_id", "me/tiny")
+    summary, calls = run("--stage2_method", "logit_adjustment", "--push_to_hub", "true", "--hub_model_id", "me/tiny",
+                         "--select_inference_rule", "true")
     assert calls == one_pass(len(data.splits["val"]), TEST_IMAGES)  # not once per tau
     assert pushed == [(out / "stage2_logit_adjustment" / "model", "me/tiny", False, True)]  # once all is written
     sweep = summary["val_sweep"]
@@ -97,7 +98,14 @@ def test_tau_sweep_runs_the_network_once_per_split(stage2_env, monkeypatch):
     ensemble = json.loads((folder / "model" / "ensemble.json").read_text())
     assert ensemble["weights"] == summary["ensemble"]["weights"] and ensemble["selected_on"] == "val"
     assert ensemble["val_top1"] >= saved["val_top1"]
-    assert json.loads((folder / "model" / "config.json").read_text())["tau"] == summary["tau"]
+    # the rule choice compared the search's winner with the model's rule at the tau of the sweep, on every val image
+    evidence, chosen = saved["rule_evidence"], saved["selected_rule"]
+    assert evidence["val_size"] == len(data.splits["val"]) and evidence["candidate_weights"] == ensemble["weights"]
+    assert evidence["model_rule_val_top1"] == pytest.approx(saved["val_top1"])
+    assert evidence["candidate_val_top1"] == pytest.approx(ensemble["val_top1"])
+    assert chosen["moved"] == evidence["strong"]
+    assert json.loads((folder / "model" / "config.json").read_text())["tau"] == \
+        (ensemble["tau"] if chosen["moved"] else summary["tau"])
     test = json.loads((folder / "eval_test" / "results.json").read_text())
     assert test["results"][test["main"]]["num_samples"] == TEST_IMAGES
 

@@ -187,7 +187,12 @@ class RunConfig:
     crt_logit_adjustment: bool = _f(True, "Stage 2", "also choose tau (0 included) on top of cRT")
     exit_weight_step: float = _f(0.1, "Stage 2", "step of the exit-weight grid searched on val (0 = off)")
     select_inference_rule: bool = _f(False, "Stage 2", "save the best of last exit / sum / learned exit weights on "
-                                     "val as the model's rule (beyond the paper; default: the paper's rule)")
+                                     "val as the model's rule when the evidence is strong (beyond the paper; "
+                                     "default: the paper's rule)")
+    select_rule_confidence: float = _f(0.95, "Stage 2", "select_inference_rule moves away from the model's rule only "
+                                       "if the best on val is ahead in this fraction of paired bootstrap resamples "
+                                       "of the val images (0: whenever ahead on val)")
+    select_rule_resamples: int = _f(1000, "Stage 2", "bootstrap resamples of the val images for that test")
     # ---------------------------------------------------------------- evaluation
     eval_model: Optional[str] = _f(None, "Evaluation", "run folder, model folder or Hub model id (required)",
                                    commands=(EVALUATE,))

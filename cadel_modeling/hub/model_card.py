@@ -9,6 +9,7 @@ from ..config.paper import paper_result
 from ..metrics.reports import TABLE_COLUMNS, format_number
 from ..modeling.backbones import backbone_family, default_inference_rule
 from ..modeling.locate import RUN_CONFIG_NAME, is_hub_id
+from ..posthoc import rule_evidence_text
 from ..utils.io import read_json
 from .run_folders import RunFolders, load_file
 
@@ -175,6 +176,11 @@ def _provenance_lines(folders: RunFolders, run_cfg: dict, tau: float, evaluation
                      + (f": `{stage2['command']}`" if stage2.get("command") else "")
                      + f"; tau = {stage2.get('tau', tau):g} chosen on the {stage2.get('tau_selected_on', 'val')} "
                      f"split" + (f" (top-1 per tau: {sweep})" if sweep else ""))
+        chosen, evidence = stage2.get("selected_rule"), stage2.get("rule_evidence")
+        if chosen and evidence:
+            decision = "moved to the best on val" if chosen["moved"] else "kept the model's own rule"
+            lines.append(f"- Exit rule (`--select_inference_rule`, beyond the paper): {decision}; "
+                         f"{rule_evidence_text(evidence)}")
     else:
         lines.append(f"- No stage 2: tau = {tau:g}")
     lines += [f"- Evaluation on {split}: `{result['command']}`" for split, result in evaluations.items()

@@ -3,8 +3,9 @@
 - ``logit_adjustment`` (the original's whole stage 2): tau from the grid with the best validation top-1.
 - ``crt`` (classifier re-training, see ``crt.py``): the chosen exits' cosine classifiers re-trained class-balanced,
   the best epoch kept; then tau on top (0 included, so adjustment is applied only when it helps on validation).
-- Both then search exit weights and a tau for the ensemble (``ensemble.json`` next to the weights); with
-  ``select_inference_rule`` the best of last exit / sum / learned weights on validation becomes the model's rule.
+- Both then search exit weights and a tau for the ensemble (``ensemble.json`` next to the weights) and measure, by a
+  paired bootstrap over the validation images, whether the best of them beats the model's own rule beyond chance;
+  with ``select_inference_rule`` it becomes the model's rule only then (otherwise the paper's rule stays).
 
 The network runs once per split: logits (and, for cRT, the classifiers' input features) are gathered once and
 every candidate is scored in memory.
@@ -22,7 +23,15 @@ from ..inference import check_model_matches_data, predict_split, process_invaria
 from ..metrics import format_table
 from ..modeling.factory import load_model, save_model
 from ..modeling.locate import ENSEMBLE_FILE
-from ..posthoc import pick_tau, search_exit_weights, selected_exits, selection_name, tau_sweep
+from ..posthoc import (
+    pick_tau,
+    rule_change_evidence,
+    rule_evidence_text,
+    search_exit_weights,
+    selected_exits,
+    selection_name,
+    tau_sweep,
+)
 from ..results import write_report
 from ..training import tracking
 from ..training.accelerator import make_accelerator
@@ -47,19 +56,22 @@ def tau_grid_for(cfg: RunConfig) -> List[float]:
     return [0.0] + [t for t in grid if t != 0.0]
 
 
-def select_inference_rule(model_config, ensemble: dict) -> dict:
-    """Make the best of the model's rule, the other rule and the learned exit weights on validation (the exit-weight
-    search scores all three, the model's rule first, so a tie keeps it) the model's own rule, with its tau.
-    Beyond the paper; recorded in stage2_results.json."""
-    source = ensemble["source"]
-    if source == "grid":
+def select_inference_rule(model_config, ensemble: dict, evidence: dict) -> dict:
+    """Make the best of the model's rule, the other rule and the learned exit weights on validation the model's own
+    rule, with its tau, when the evidence is strong (``posthoc.rule_change_evidence``); otherwise keep the model's
+    rule (the paper's) and the tau chosen for it. Beyond the paper; recorded in stage2_results.json."""
+    moved = evidence["strong"]
+    if moved and ensemble["source"] == "grid":
         model_config.inference_rule, model_config.exit_weights = "weighted", list(ensemble["weights"])
-    else:
-        model_config.inference_rule = "sum" if source.startswith("sum") else "last"
+    elif moved:
+        model_config.inference_rule = "sum" if ensemble["source"].startswith("sum") else "last"
         model_config.exit_weights = None
-    model_config.tau = ensemble["tau"]
-    return {"rule": model_config.inference_rule, "exit_weights": model_config.exit_weights, "tau": ensemble["tau"],
-            "val_top1": ensemble["val_top1"], "selected_on": "val", "source": source}
+    if moved:
+        model_config.tau = ensemble["tau"]
+    return {"rule": model_config.resolved_inference_rule, "exit_weights": model_config.exit_weights,
+            "tau": model_config.tau, "selected_on": "val", "moved": moved,
+            "source": ensemble["source"] if moved else evidence["model_rule"],
+            "val_top1": evidence["candidate_val_top1" if moved else "model_rule_val_top1"]}
 
 
 def choices_text(summary: dict, num_exits: int) -> str:
@@ -80,11 +92,14 @@ def choices_text(summary: dict, num_exits: int) -> str:
         lines.append(f"  learned exit weights {'/'.join(f'{w:.2f}' for w in ens['normalized_weights'])} with tau = "
                      f"{ens['tau']:g}: val top-1 {100 * ens['val_top1']:.2f}% (best of the rules: {rules}; "
                      f"{ens['num_candidates']} candidates, grid step {ens['grid_step']:g})")
+    if summary.get("rule_evidence"):
+        lines.append(f"  {rule_evidence_text(summary['rule_evidence'])}")
     chosen = summary.get("selected_rule")
     if chosen:
         what = (f"learned exit weights {'/'.join(f'{w:g}' for w in chosen['exit_weights'])}"
                 if chosen["rule"] == "weighted" else f"the {chosen['rule']} rule")
-        lines.append(f"  the model now predicts with {what}, tau = {chosen['tau']:g} (--select_inference_rule)")
+        lines.append(f"  the model {'now predicts' if chosen['moved'] else 'keeps predicting'} with {what}, "
+                     f"tau = {chosen['tau']:g} (--select_inference_rule)")
     return "\n".join(lines)
 
 
@@ -131,13 +146,15 @@ def run(cfg: RunConfig) -> dict:
                          "--exit_weight_step > 0")
     ensemble = search_exit_weights(val_logits.to(accelerator.device), val_labels, counts, grid, step, rule) \
         if step else None
+    evidence = rule_change_evidence(val_logits, val_labels, counts, ensemble, rule, tau, cfg.select_rule_resamples,
+                                    cfg.select_rule_confidence) if ensemble else None
     summary = {"method": cfg.stage2_method, "command": command_line(),
                "num_processes": accelerator.num_processes,
                "inference_rule": rule, "exits": list(main_exits),
                "tau": tau, "tau_selected_on": "val", "tau_grid": grid, "val_top1": max(r["top1"] for r in sweep),
-               "val_sweep": sweep, "crt": crt, "ensemble": ensemble}
+               "val_sweep": sweep, "crt": crt, "ensemble": ensemble, "rule_evidence": evidence}
     if cfg.select_inference_rule:
-        summary["selected_rule"] = select_inference_rule(net.config, ensemble)
+        summary["selected_rule"] = select_inference_rule(net.config, ensemble, evidence)
     if accelerator.is_main_process:
         print("\n" + choices_text(summary, num_exits))
     if "test" in logits:
