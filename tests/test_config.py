@@ -368,7 +368,10 @@ def test_a_presets_dataset_settings_stay_with_its_dataset(argv, dataset):
     assert (cfg.backbone, cfg.image_size, cfg.epochs, cfg.lr) == ("resnet18", 32, 30, 0.05)  # the recipe stays
     from cadel_modeling.config.parsing import dropped_keys_note
     assert dropped_keys_note(cfg) == (f"not applied to {dataset} data: the preset's settings of its own dataset "
-                                      f"(n_max=500, imb_factor=100.0); pass them as flags to apply them here")
+                                      f"(n_max=500, imb_factor=100.0); pass them as flags to apply them here. "
+                                      f"The recipe's mixup_alpha=0.5, epochs=30, lr=0.05 were chosen on the preset's "
+                                      f"own data and may not transfer (mixup first, docs/presets.md): check them on "
+                                      f"this data with cadel-compare")
 
 
 def test_explicit_dataset_flags_and_the_presets_own_data_keep_them():

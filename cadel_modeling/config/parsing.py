@@ -261,6 +261,11 @@ def data_source(values: dict) -> tuple:
     return (dataset,) + tuple(values.get(k) for k in where.get(dataset, ()))
 
 
+# Training settings a preset chose on its own validation split; the ones most likely not to transfer (issue 28: a
+# preset's mixup 0.5 cost about 4 points on a user's own data), named when a preset is used on other data.
+RECIPE_KEYS_TUNED_ON_ITS_DATA = ("mixup_alpha", "epochs", "lr")
+
+
 def foreign_dataset_keys(recipe: dict, cli: dict) -> dict:
     """The preset's dataset-only keys (not repeated on the command line) when the command line points at other
     data: they describe the preset's dataset, not the user's, so they are left out."""
@@ -274,8 +279,10 @@ def dropped_keys_note(cfg: RunConfig) -> Optional[str]:
     if not cfg.dropped_preset_keys:
         return None
     shown = ", ".join(f"{k}={v}" for k, v in cfg.dropped_preset_keys.items())
+    tuned = ", ".join(f"{k}={getattr(cfg, k)}" for k in RECIPE_KEYS_TUNED_ON_ITS_DATA)
     return (f"not applied to {cfg.dataset} data: the preset's settings of its own dataset ({shown}); pass them as "
-            f"flags to apply them here")
+            f"flags to apply them here. The recipe's {tuned} were chosen on the preset's own data and may not "
+            f"transfer (mixup first, docs/presets.md): check them on this data with cadel-compare")
 
 
 def parse_config(argv: Optional[Sequence[str]] = None, command: str = STAGE1, description: str = "",
