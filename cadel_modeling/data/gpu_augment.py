@@ -90,7 +90,7 @@ class DeviceAugment:
     def params(self, height: int, width: int, row: int, epoch: int) -> dict:
         """Crop box, flip and colour factors of one image: the same draws, in the same order, as the CPU Compose."""
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(row_seed(self.seed, epoch, row))
+            torch.default_generator.manual_seed(row_seed(self.seed, epoch, row))   # the CPU pipeline's draws
             box = self.crop.get_params(torch.empty((3, height, width), device="meta"), self.crop.scale,
                                        self.crop.ratio)
             flip = bool(torch.rand(1) < 0.5) if self.hflip else False
