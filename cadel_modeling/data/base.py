@@ -129,7 +129,7 @@ def warn_if_constant(split, data: LongTailedData, name: str) -> None:
 def _unreadable(cell) -> Optional[str]:
     """None when the image decodes (JPEGs at reduced size: a truncated file still fails), else why not."""
     try:
-        load_image(cell, draft=(64, 64))
+        load_image(cell, min_side=64)
         return None
     except UnreadableImageError as exc:
         return str(exc)

@@ -116,15 +116,13 @@ def to_rgb(image: PILImage.Image) -> PILImage.Image:
     return image.convert("RGB")
 
 
-def load_image(value, draft: Optional[tuple] = None) -> PILImage.Image:
-    """Decode one image cell now (a truncated file fails here and names its path) to upright 8-bit RGB. ``draft``
-    (width, height) lets a JPEG decode at the largest reduction that keeps both sides >= it (a check, not for
-    training)."""
+def load_image(value, min_side: Optional[int] = None) -> PILImage.Image:
+    """Decode one image cell now (a truncated file fails here and names its path) to upright 8-bit RGB. With
+    ``min_side`` a JPEG decodes at the largest reduction that keeps both sides >= it (for checks, not training)."""
     opened = open_image(value)
     reduction = 1
-    if draft is not None and isinstance(opened, EncodedImage):
-        width, height = opened.image.size
-        reduction = next((r for r in REDUCTIONS if width / r >= draft[0] and height / r >= draft[1]), 1)
+    if min_side is not None and isinstance(opened, EncodedImage):
+        reduction = reduction_for(*opened.image.size, min_side)
     return decode(opened, reduction)[0]
 
 
@@ -136,7 +134,7 @@ def constant_images(cells, limit: int = CONSTANT_CHECK_IMAGES) -> Optional[int]:
         if checked == limit:
             break
         try:
-            pixels = np.asarray(load_image(cell, draft=(64, 64)))
+            pixels = np.asarray(load_image(cell, min_side=64))
         except UnreadableImageError:
             continue                        # the split's bad-image policy deals with it
         if pixels.min() != pixels.max():
