@@ -113,7 +113,6 @@ def is_streamed(dataset) -> bool:
     return isinstance(dataset, IterableDataset)
 
 
-
 def warn_if_constant(split, data: LongTailedData, name: str) -> None:
     """One warning line when the first images of a map-style split all decode to a single value each: blank inputs
     train at chance with nothing else going wrong (e.g. 16-bit files read as white by a plain ``convert("RGB")``)."""
