@@ -71,7 +71,7 @@ def test_gpu_suite_quick_writes_every_section(tmp_path, restore_threads):
     assert all(r["loss_finite"] and positive_finite(r["img_s"]) for r in saved["preset_smoke"])
     assert positive_finite(saved["device_decode"]["img_s"])
     assert saved["settings"]["precision"] == "bf16" and saved["settings"]["channels_last"] is True
-    pipelines = saved["input_pipeline"]["pipelines"]
+    pipelines = saved["input_pipeline"]["image_sizes"]["500x375"]["pipelines"]
     assert pipelines["torchvision ImageFolder"]["ratio_to_torchvision"] == 1.0
     assert all(positive_finite(p["ratio_to_torchvision"]) for p in pipelines.values())
     assert "compile_skipped" not in saved and not any(r["compile"] for r in saved["train_step"])

@@ -209,7 +209,7 @@ def test_transforms_honour_image_size_384_and_turn_jitter_off():
     with_jitter = build_transform(True, 224, INAT_MEAN, INAT_STD, color_jitter=0.4).transforms
     without = build_transform(True, 224, INAT_MEAN, INAT_STD, color_jitter=0.0).transforms
     assert [type(t).__name__ for t in with_jitter if type(t).__name__ not in [type(u).__name__ for u in without]] \
-        == ["ColorJitter"]
+        == ["LutColorJitter"]
 
 
 def test_reference_imagenet_lt_val_and_test_lists(reference_data):

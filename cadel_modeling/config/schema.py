@@ -117,6 +117,8 @@ class RunConfig:
     hflip: bool = _f(True, "Input", "random horizontal flips in training (off for digits, text, ...)")
     color_jitter: float = _f(0.4, "Input", "ColorJitter strength of 'imagenet' (0 = off; iNat18 uses 0)")
     decode_on_gpu: bool = _f(False, "Input", "decode JPEGs and augment on the accelerator (CPU fallback)")
+    reduced_decode: bool = _f(True, "Input", "decode a JPEG at 1/2, 1/4 or 1/8 size (DCT scaling) when its crop or "
+                              "resize still gets at least the output's pixels (faster; false: always full size)")
     # ---------------------------------------------------------------- model
     backbone: str = _f("resnet50", "Model", "timm model name")
     backbone_kwargs: dict = _f({}, "Model", "extra keyword arguments of timm.create_model")

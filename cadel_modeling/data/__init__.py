@@ -7,9 +7,10 @@ the many/medium/few groups and the logit-adjustment prior, and are saved with th
 turns the training split into a sharded, shuffled ``IterableDataset``.
 """
 from .base import DataOptions, LongTailedData, count_labels, is_streamed, label_array
+from .decoding import UnreadableImageError
 from .long_tail import long_tailed_counts, subsample_long_tailed
 from .registry import DATASET_BUILDERS, build_datasets
-from .transforms import UnreadableImageError, build_transform
+from .transforms import build_transform
 
 __all__ = ["DataOptions", "LongTailedData", "DATASET_BUILDERS", "build_datasets", "build_transform",
            "long_tailed_counts", "subsample_long_tailed", "count_labels", "label_array", "is_streamed",

@@ -2,13 +2,17 @@
 checks made before any training starts: labels in range, image files present, names for every class."""
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, SkipCounter, UnreadableImageError, load_image, undecoded
+from .decoding import CONSTANT_CHECK_IMAGES, UnreadableImageError, constant_images, load_image
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, SkipCounter, undecoded
+
+logger = logging.getLogger(__name__)
 
 MISSING_SHOWN = 5
 DECODE_THREADS = 8
@@ -111,12 +115,22 @@ def is_streamed(dataset) -> bool:
     return isinstance(dataset, IterableDataset)
 
 
+def warn_if_constant(split, data: LongTailedData, name: str) -> None:
+    """One warning line when the first images of a map-style split all decode to a single value each: blank inputs
+    train at chance with nothing else going wrong (e.g. 16-bit files read as white by a plain ``convert("RGB")``)."""
+    if is_streamed(split) or len(split) == 0:
+        return
+    head = undecoded(split.select(range(min(len(split), 2 * CONSTANT_CHECK_IMAGES))), data.image_column)
+    flat = constant_images(head[data.image_column])
+    if flat:
+        logger.warning("%s: the first %d images each decode to a single flat value (blank inputs train at chance); "
+                       "check the image files", name, flat)
 
 
 def _unreadable(cell) -> Optional[str]:
     """None when the image decodes (JPEGs at reduced size: a truncated file still fails), else why not."""
     try:
-        load_image(cell, draft=(64, 64))
+        load_image(cell, min_side=64)
         return None
     except UnreadableImageError as exc:
         return str(exc)

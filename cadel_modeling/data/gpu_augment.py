@@ -12,17 +12,21 @@ per CPU core, so ImageNet-LT training with light heads is input-bound unless dec
 """
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import List, Sequence
 
 import torch
+from PIL import Image as PILImage
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as F
 
-from .transforms import load_image, row_seed, undecoded
+from .decoding import load_image, orientation
+from .transforms import row_seed, undecoded
 
 JPEG_MAGIC = b"\xff\xd8"
+EXIF_MARKER, EXIF_SEARCH_BYTES = b"Exif\x00\x00", 65536      # the APP1 segment comes first, within 64 kB
 
 
 class EncodedImages(torch.utils.data.Dataset):
@@ -48,10 +52,18 @@ def collate_encoded(examples) -> dict:
             "labels": torch.tensor([e["labels"] for e in examples], dtype=torch.long)}
 
 
+def turned(encoded: bytes) -> bool:
+    """Whether a JPEG carries an EXIF orientation other than upright (nvJPEG ignores it: PIL decodes those)."""
+    if EXIF_MARKER not in encoded[:EXIF_SEARCH_BYTES]:
+        return False
+    return orientation(PILImage.open(io.BytesIO(encoded))) != 1
+
+
 def decode_batch(encoded: Sequence[bytes], device: torch.device) -> List[torch.Tensor]:
-    """uint8 CHW RGB images; JPEGs in one batched call on the device, anything else through PIL on the CPU."""
+    """uint8 CHW RGB images, upright; JPEGs in one batched call on the device, anything else (and JPEGs turned by
+    their EXIF orientation) through PIL on the CPU."""
     from torchvision.io import ImageReadMode, decode_jpeg
-    jpegs = [i for i, e in enumerate(encoded) if e[:2] == JPEG_MAGIC]
+    jpegs = [i for i, e in enumerate(encoded) if e[:2] == JPEG_MAGIC and not turned(e)]
     images: List = [None] * len(encoded)
     if jpegs:
         on = "cuda" if device.type == "cuda" else "cpu"
@@ -60,7 +72,7 @@ def decode_batch(encoded: Sequence[bytes], device: torch.device) -> List[torch.T
             images[i] = img.to(device)
     for i, e in enumerate(encoded):
         if images[i] is None:
-            pil = load_image({"bytes": e, "path": None}).convert("RGB")
+            pil = load_image({"bytes": e, "path": None})     # 16-bit, CMYK, transparency, EXIF: decoding.py
             images[i] = F.pil_to_tensor(pil).to(device)
     return images
 
@@ -78,7 +90,7 @@ class DeviceAugment:
     def params(self, height: int, width: int, row: int, epoch: int) -> dict:
         """Crop box, flip and colour factors of one image: the same draws, in the same order, as the CPU Compose."""
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(row_seed(self.seed, epoch, row))
+            torch.default_generator.manual_seed(row_seed(self.seed, epoch, row))   # the CPU pipeline's draws
             box = self.crop.get_params(torch.empty((3, height, width), device="meta"), self.crop.scale,
                                        self.crop.ratio)
             flip = bool(torch.rand(1) < 0.5) if self.hflip else False

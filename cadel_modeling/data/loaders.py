@@ -41,6 +41,7 @@ class LoaderSpec:
     seed: int = 0
     bad_image_policy: str = "fail"
     decode_on_gpu: bool = False
+    reduced_decode: bool = True
 
     @classmethod
     def from_config(cls, cfg) -> LoaderSpec:
@@ -70,7 +71,8 @@ def build_train_loader(data, spec: LoaderSpec, num_processes: int, process_index
     """
     batch = per_process_batch(spec.batch_size, num_processes, spec.grad_accum_steps)
     jitter = spec.color_jitter if data.color_jitter is None else data.color_jitter
-    tfm = build_transform(True, spec.image_size, data.mean, data.std, spec.augmentation, jitter, spec.hflip)
+    tfm = build_transform(True, spec.image_size, data.mean, data.std, spec.augmentation, jitter, spec.hflip,
+                          spec.reduced_decode)
     policy = {"bad_image_policy": spec.bad_image_policy, "skipped": data.skipped_images}
     if is_streamed(data.train):
         if spec.sampler != "instance":
@@ -117,7 +119,8 @@ def streamed_steps_per_epoch(data, spec: LoaderSpec, num_processes: int) -> int:
 def build_eval_loader(data, split: str, spec: LoaderSpec, num_processes: int) -> DataLoader:
     if split not in data.splits:
         raise ValueError(f"split {split!r} does not exist for this dataset; available: {sorted(data.splits)}")
-    tfm = build_transform(False, spec.image_size, data.mean, data.std, spec.augmentation, spec.color_jitter)
+    tfm = build_transform(False, spec.image_size, data.mean, data.std, spec.augmentation, spec.color_jitter,
+                          reduced_decode=spec.reduced_decode)
     ds = with_image_transform(data.splits[split], tfm, data.image_column, data.label_column,
                               bad_image_policy=spec.bad_image_policy, skipped=data.skipped_images)
     bs = max(1, spec.eval_batch_size // num_processes)

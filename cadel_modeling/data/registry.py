@@ -14,6 +14,7 @@ from .base import (
     label_array,
     label_names,
     validate_labels,
+    warn_if_constant,
 )
 from .cifar import build_cifar10_lt, build_cifar100_lt
 from .fashion_mnist import build_fashion_mnist_lt
@@ -75,6 +76,11 @@ def build_datasets(opts: DataOptions) -> LongTailedData:
             if id(split) not in done:
                 done[id(split)] = drop_or_refuse_unreadable(split, data, name, opts.bad_image_policy)
             data.splits[name] = done[id(split)]
+    warned = set()
+    for name, split in [("train", data.train)] + list(data.splits.items()):
+        if id(split) not in warned:
+            warned.add(id(split))
+            warn_if_constant(split, data, name)
     label_names(data)
     if cfg.streaming and not is_streamed(data.train):
         data.train = stream_train_split(data.train, cfg)

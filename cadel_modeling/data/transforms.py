@@ -1,12 +1,11 @@
-"""Train/eval transforms (the original's, resolution-aware) and robust image decoding, run lazily in DataLoader workers.
+"""Train/eval transforms (the original's, resolution-aware), run lazily in DataLoader workers, decoding included.
 
 Images stay undecoded in the datasets (a path or the encoded bytes per row), so a 437k-image split costs tens of MB of
-memory; each worker decodes and augments only the rows of its batch. An unreadable image either stops the run with
-its path (``bad_image_policy="fail"``) or is skipped, logged and counted (``"skip"``).
+memory; each worker decodes (``decoding.py``) and augments only the rows of its batch. An unreadable image either
+stops the run with its path (``bad_image_policy="fail"``) or is skipped, logged and counted (``"skip"``).
 """
 from __future__ import annotations
 
-import io
 import logging
 import random
 from typing import Callable, Optional, Sequence
@@ -14,7 +13,11 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 from PIL import Image as PILImage
+from PIL import ImageStat
 from torchvision import transforms as T
+from torchvision.transforms import functional as F
+
+from .decoding import EncodedImage, UnreadableImageError, decode, open_image, reduction_for
 
 logger = logging.getLogger(__name__)
 
@@ -29,24 +32,26 @@ BAD_IMAGE_POLICIES = ("fail", "skip")
 REPLACEMENT_TRIES = 20
 
 
-def to_rgb(image: PILImage.Image) -> PILImage.Image:
-    return image if image.mode == "RGB" else image.convert("RGB")
-
-
 def build_transform(train: bool, image_size: int, mean: Sequence[float], std: Sequence[float],
-                    augmentation: str = "imagenet", color_jitter: float = 0.4, hflip: bool = True) -> Callable:
+                    augmentation: str = "imagenet", color_jitter: float = 0.4, hflip: bool = True,
+                    reduced_decode: bool = True) -> Callable:
     """'imagenet': RandomResizedCrop + flip (+ ColorJitter) for training, Resize(size*256/224) + CenterCrop for
     evaluation. 'small' (28-32 px data): resize, pad-size/8 random crop + flip. 'none': resize only. ``hflip=False``
-    drops the flips (digits, text: a mirrored image is another class or none)."""
+    drops the flips (digits, text: a mirrored image is another class or none).
+
+    The first step decodes (an image opened by ``decoding.open_image``, or a PIL image): with ``reduced_decode`` a
+    JPEG at the largest DCT reduction that still leaves the next resize at least the pixels it outputs
+    (``DecodeRandomResizedCrop``, ``Decode``); without, always at full size."""
     flip = [T.RandomHorizontalFlip()] if hflip else []
-    to_tensor = [T.ToTensor(), T.Normalize(mean, std)]
-    rgb = T.Lambda(to_rgb)
+    to_tensor = [ToNormalizedTensor(mean, std)]
     if augmentation == "imagenet":
         if not train:
-            return T.Compose([rgb, T.Resize(round(image_size * 256 / 224)), T.CenterCrop(image_size)] + to_tensor)
-        jitter = [T.ColorJitter(color_jitter, color_jitter, color_jitter, 0)] if color_jitter > 0 else []
-        return T.Compose([rgb, T.RandomResizedCrop(image_size)] + flip + jitter + to_tensor)
-    resize = [rgb, T.Resize((image_size, image_size))]
+            shorter = round(image_size * 256 / 224)
+            return T.Compose([Decode(shorter if reduced_decode else None), T.Resize(shorter),
+                              T.CenterCrop(image_size)] + to_tensor)
+        jitter = [LutColorJitter(color_jitter, color_jitter, color_jitter, 0)] if color_jitter > 0 else []
+        return T.Compose([DecodeRandomResizedCrop(image_size, reduced_decode)] + flip + jitter + to_tensor)
+    resize = [Decode(image_size if reduced_decode else None), T.Resize((image_size, image_size))]
     if augmentation == "small" and train:
         return T.Compose(resize + [T.RandomCrop(image_size, padding=image_size // 8)] + flip + to_tensor)
     if augmentation in ("small", "none"):
@@ -54,30 +59,87 @@ def build_transform(train: bool, image_size: int, mean: Sequence[float], std: Se
     raise ValueError(f"unknown augmentation {augmentation!r}; use imagenet, small or none")
 
 
-class UnreadableImageError(RuntimeError):
-    """An image file that is missing, truncated or not an image."""
+class Decode:
+    """Decode to upright 8-bit RGB; a JPEG at the largest DCT reduction whose shorter side stays >= ``min_side`` (the
+    shorter side the next resize makes), or at full size with ``min_side=None``."""
+
+    def __init__(self, min_side: Optional[int] = None):
+        self.min_side = min_side
+
+    def __call__(self, image) -> PILImage.Image:
+        reduction = 1
+        if self.min_side is not None and isinstance(image, EncodedImage):
+            reduction = reduction_for(*image.image.size, self.min_side)
+        return decode(image, reduction)[0]
 
 
-def load_image(value, draft: Optional[tuple] = None) -> PILImage.Image:
-    """Decode one image cell: a path, an undecoded ``datasets.Image`` cell ``{"bytes", "path"}``, an array or a PIL
-    image. Decoding is forced here, so a truncated file fails now and names its path. ``draft`` lets JPEGs decode at
-    a reduced size (a check, not for training)."""
-    if isinstance(value, PILImage.Image):
-        return value
-    if isinstance(value, np.ndarray):
-        return PILImage.fromarray(value)
-    path, data = (value.get("path"), value.get("bytes")) if isinstance(value, dict) else (value, None)
-    try:
-        if data is None and path is not None and "://" in path:   # a remote file of a streamed Hub dataset
-            from datasets import Image
-            return Image().decode_example({"path": path, "bytes": None})
-        image = PILImage.open(io.BytesIO(data) if data is not None else path)
-        if draft is not None:
-            image.draft("RGB", draft)
-        image.load()
+class DecodeRandomResizedCrop(T.RandomResizedCrop):
+    """Decode + ``RandomResizedCrop`` (bilinear, antialiased) with the box chosen before decoding.
+
+    The box is drawn exactly as torchvision draws it (same call, same random numbers, on the upright image size), so
+    the crop distribution is unchanged. A JPEG is then decoded at the largest DCT reduction (1/2, 1/4, 1/8) that
+    leaves the box at least the output size, and the box, mapped to the reduced image, is resized to the output in
+    one step. A box under twice the output size (every box of a 500x375 image at 224 px) decodes at full size, and
+    then the pixels are torchvision's.
+    """
+
+    def __init__(self, size: int, reduced_decode: bool = True):
+        super().__init__(size, antialias=True)
+        self.reduced_decode = reduced_decode
+
+    def forward(self, image) -> PILImage.Image:
+        if not isinstance(image, EncodedImage):
+            return super().forward(decode(image)[0])
+        width, height = image.upright_size
+        top, left, h, w = self.get_params(torch.empty((3, height, width), device="meta"), self.scale, self.ratio)
+        reduction = reduction_for(w, h, max(self.size)) if self.reduced_decode else 1
+        pixels, got = decode(image, reduction)
+        if got == 1:
+            return F.resized_crop(pixels, top, left, h, w, self.size, self.interpolation, antialias=True)
+        box = (left / got, top / got, (left + w) / got, (top + h) / got)
+        return pixels.resize((self.size[1], self.size[0]), PILImage.BILINEAR, box=box)
+
+
+class ToNormalizedTensor:
+    """``ToTensor`` + ``Normalize`` in two passes (x * 1/(255 std) - mean/std) instead of seven allocating ones; the
+    values differ from torchvision's (x / 255 - mean) / std in the last float32 bits only."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+        mean, std = torch.tensor(mean, dtype=torch.float64), torch.tensor(std, dtype=torch.float64)
+        self.scale = (1 / (255 * std)).float().view(-1, 1, 1)
+        self.shift = (mean / std).float().view(-1, 1, 1)
+
+    def __call__(self, image: PILImage.Image) -> torch.Tensor:
+        pixels = torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1)
+        out = torch.empty(pixels.shape, dtype=torch.float32)
+        return torch.mul(pixels, self.scale, out=out).sub_(self.shift)   # layout, dtype and scale in one pass
+
+
+class LutColorJitter(T.ColorJitter):
+    """torchvision's ``ColorJitter`` on PIL images (same parameters, same random draws, the same pixels), with
+    brightness and contrast as one table lookup each instead of an image-sized blend against a made-up image: both
+    are per-value maps, and the table is PIL's own blend of the 256 values, so the result is bit-identical."""
+
+    def forward(self, image: PILImage.Image) -> PILImage.Image:
+        order, brightness, contrast, saturation, hue = self.get_params(self.brightness, self.contrast,
+                                                                       self.saturation, self.hue)
+        for index in order.tolist():
+            if index == 0 and brightness is not None:
+                image = image.point(blend_table(0, brightness) * len(image.getbands()))
+            elif index == 1 and contrast is not None:
+                mean = int(ImageStat.Stat(image.convert("L")).mean[0] + 0.5)   # as ImageEnhance.Contrast
+                image = image.point(blend_table(mean, contrast) * len(image.getbands()))
+            elif index == 2 and saturation is not None:
+                image = F.adjust_saturation(image, saturation)
+            elif index == 3 and hue is not None:
+                image = F.adjust_hue(image, hue)
         return image
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise UnreadableImageError(f"cannot read image {path or '<embedded bytes>'}: {exc}") from exc
+
+
+def blend_table(degenerate: int, factor: float) -> list:
+    """``Image.blend(constant degenerate, image, factor)`` of each of the 256 values, computed by PIL itself."""
+    ramp = PILImage.frombytes("L", (256, 1), bytes(range(256)))
+    return list(PILImage.blend(PILImage.new("L", (256, 1), degenerate), ramp, factor).tobytes())
 
 
 class SkipCounter:
@@ -97,7 +159,8 @@ class SkipCounter:
 
 
 class DecodeAndTransform:
-    """Batch transform: decode each image, apply ``transform``, emit ``pixel_values`` / ``labels``.
+    """Batch transform: open each image, apply ``transform`` (whose first step decodes it, see ``build_transform``),
+    emit ``pixel_values`` / ``labels``.
 
     With ``bad_image_policy="skip"`` an unreadable image is logged and counted; it is replaced by a random readable row
     of ``fallback`` (map-style data, keeping batches full) or, with no fallback (streamed data), dropped.
@@ -121,7 +184,7 @@ class DecodeAndTransform:
         for _ in range(REPLACEMENT_TRIES):
             row = self.fallback[random.randrange(len(self.fallback))]
             try:
-                return load_image(row[self.image_column]), row[self.label_column]
+                return self.transform(open_image(row[self.image_column])), row[self.label_column]
             except UnreadableImageError as exc:
                 self._unreadable(exc)
         raise UnreadableImageError(f"{REPLACEMENT_TRIES} random replacement images in a row were unreadable too; "
@@ -131,13 +194,13 @@ class DecodeAndTransform:
         pixel_values, labels = [], []
         for value, label in zip(batch[self.image_column], batch[self.label_column]):
             try:
-                image = load_image(value)
+                pixels = self.transform(open_image(value))
             except UnreadableImageError as exc:
                 self._unreadable(exc)
                 if self.fallback is None:
                     continue
-                image, label = self._replacement()
-            pixel_values.append(self.transform(image))
+                pixels, label = self._replacement()
+            pixel_values.append(pixels)
             labels.append(label)
         return {"pixel_values": pixel_values, "labels": labels}
 
@@ -194,7 +257,9 @@ class EpochSeededAugmentation(torch.utils.data.Dataset):
         seed = row_seed(self.seed, self.epoch, index)
         state = random.getstate()
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            # the CPU generator only: torch.manual_seed also queues a CUDA seeding with a formatted stack trace
+            # (0.2 ms an image) while CUDA is not initialised, as in every DataLoader worker
+            torch.default_generator.manual_seed(seed)
             random.seed(seed)
             try:
                 return self.dataset[index]
@@ -203,5 +268,7 @@ class EpochSeededAugmentation(torch.utils.data.Dataset):
 
 
 def collate(examples) -> dict:
-    return {"pixel_values": torch.stack([e["pixel_values"] for e in examples]),
+    """In a DataLoader worker the images are stacked straight into shared memory (``default_collate``), so the batch
+    reaches the main process without another copy."""
+    return {"pixel_values": torch.utils.data.default_collate([e["pixel_values"] for e in examples]),
             "labels": torch.tensor([e["labels"] for e in examples], dtype=torch.long)}
