@@ -14,6 +14,8 @@ from typing import Optional, Sequence
 
 import yaml
 
+from ..utils.secrets import without_secrets
+
 STAGE1, STAGE2, EVALUATE = "stage1", "stage2", "evaluate"
 ALL = (STAGE1, STAGE2, EVALUATE)
 # group -> (title shown in --help, the commands that take its flags)
@@ -73,7 +75,8 @@ class RunConfig:
                           "(ImageNet, iNat and Places are research-only)")
     hub_revision: Optional[str] = _f(None, "Hub", "branch to push to (created if missing; default main)")
     hub_commit_message: Optional[str] = _f(None, "Hub", "commit message of the upload")
-    hub_token: Optional[str] = _f(None, "Hub", "Hub token (default: HF_TOKEN or the saved login); never saved")
+    hub_token: Optional[str] = _f(None, "Hub", "Hub token; better leave it out: HF_TOKEN or `huggingface-cli login` "
+                                  "keep it out of shell history and ps. Never saved; recorded commands show ***")
     # ---------------------------------------------------------------- data
     dataset: str = _f("fashion_mnist_lt", "Dataset", "dataset builder", ["fashion_mnist_lt", "imagenet_lt",
                       "places_lt", "inat18", "cifar10_lt", "cifar100_lt", "imagefolder", "hub"])
@@ -197,7 +200,7 @@ class RunConfig:
     def save(self, path: os.PathLike) -> None:
         """Write the fully resolved config (the token never), so a run can be repeated from its own folder."""
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        data = {**self.to_dict(), "hub_token": None}
+        data = without_secrets(self.to_dict())
         tmp = Path(str(path) + ".tmp")
         with open(tmp, "w") as fh:
             yaml.safe_dump(data, fh, sort_keys=False)

@@ -16,6 +16,8 @@ import torch
 from PIL import Image as PILImage
 from torchvision import transforms as T
 
+from ..utils.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -54,7 +56,7 @@ def build_transform(train: bool, image_size: int, mean: Sequence[float], std: Se
     raise ValueError(f"unknown augmentation {augmentation!r}; use imagenet, small or none")
 
 
-class UnreadableImageError(RuntimeError):
+class UnreadableImageError(UserError, RuntimeError):
     """An image file that is missing, truncated or not an image."""
 
 

@@ -8,6 +8,8 @@ from typing import Mapping
 
 import numpy as np
 
+from ..utils.errors import DataError, MissingInputError
+
 logger = logging.getLogger(__name__)
 
 SPLIT_NAMES = {"train": "train", "validation": "val", "valid": "val", "val": "val", "test": "test"}
@@ -18,7 +20,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".ti
 def _check_columns(split_name: str, column_names, image_column: str, label_column: str, source: str) -> None:
     missing = [c for c in (image_column, label_column) if c not in column_names]
     if missing:
-        raise ValueError(f"{source} split {split_name!r} has no column {missing[0]!r} (columns: {list(column_names)}); "
+        raise DataError(f"{source} split {split_name!r} has no column {missing[0]!r} (columns: {list(column_names)}); "
                          f"set --image_column / --label_column")
 
 
@@ -38,7 +40,7 @@ def _rename_splits(splits: Mapping, source: str) -> dict:
 def _evaluation_splits(named: dict, source: str):
     """({"val", "test"}, notes): a missing one of the two stands in for the other, and the notes say so."""
     if "val" not in named and "test" not in named:
-        raise ValueError(f"{source} has no validation or test split to choose the checkpoint and tau on; add one "
+        raise DataError(f"{source} has no validation or test split to choose the checkpoint and tau on; add one "
                          f"(imagefolder: a val/ or test/ folder with the same class folders)")
     notes = []
     if "val" not in named:
@@ -55,7 +57,7 @@ def from_splits(splits: Mapping, image_column: str, label_column: str, source: s
     from .base import LongTailedData, label_array
     named = _rename_splits(splits, source)
     if "train" not in named:
-        raise ValueError(f"{source} has no train split (splits: {list(splits)})")
+        raise DataError(f"{source} has no train split (splits: {list(splits)})")
     for name, ds in named.items():
         _check_columns(name, ds.column_names, image_column, label_column, source)
     feature = named["train"].features[label_column]
@@ -80,16 +82,16 @@ def check_imagefolder_layout(root: Path) -> None:
         loose = sorted(p.name for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         if loose:
             shown = ", ".join(loose[:3]) + (", ..." if len(loose) > 3 else "")
-            raise ValueError(f"{folder} holds images directly ({shown}); put each image in a folder named after its "
+            raise DataError(f"{folder} holds images directly ({shown}); put each image in a folder named after its "
                              f"class: {folder}/<class>/<image>")
         classes[split] = {p.name for p in folder.iterdir() if p.is_dir()}
         if not classes[split]:
-            raise ValueError(f"{folder} has no class folders; the layout is {folder}/<class>/<image>")
+            raise DataError(f"{folder} has no class folders; the layout is {folder}/<class>/<image>")
     train = classes["train"]
     for split, found in classes.items():
         extra = sorted(found - train)
         if extra:
-            raise ValueError(f"{root / split} has class folders that train/ lacks: {extra[:10]}"
+            raise DataError(f"{root / split} has class folders that train/ lacks: {extra[:10]}"
                              f"{' ...' if len(extra) > 10 else ''}; every class needs training images (fix the folder "
                              f"names, or remove those folders)")
         missing = sorted(train - found)
@@ -102,7 +104,7 @@ def build_imagefolder(opts):
     """``data_dir/train/<class>/<image>`` (+ optional ``val/``, ``test/`` with the same class folders)."""
     from datasets import load_dataset
     if not opts.data_dir or not (Path(opts.data_dir) / "train").is_dir():
-        raise FileNotFoundError(f"the imagefolder dataset needs --data_dir holding train/<class name>/<images> (and "
+        raise MissingInputError(f"the imagefolder dataset needs --data_dir holding train/<class name>/<images> (and "
                                 f"optionally val/ and test/ with the same class folders); got {opts.data_dir!r}")
     check_imagefolder_layout(Path(opts.data_dir))
     data = from_splits(load_dataset("imagefolder", data_dir=opts.data_dir), "image", "label",
@@ -124,7 +126,7 @@ def make_long_tailed(data, opts):
     carve = 0 if has_val else opts.val_per_class
     n_max = opts.n_max or int(available.min()) - carve
     if n_max < 1:
-        raise ValueError(f"the smallest class has {int(available.min())} training images, too few to keep "
+        raise DataError(f"the smallest class has {int(available.min())} training images, too few to keep "
                          f"{carve} for validation; lower --val_per_class or pass --n_max")
     counts = long_tailed_counts(n_max, data.num_classes, opts.imb_factor, opts.imb_type, data.class_names)
     train_idx, val_idx = subsample_long_tailed(labels, counts, seed=opts.seed, val_per_class=carve,
@@ -144,7 +146,7 @@ def read_count_file(path) -> list:
     """Training images per class from a ``num_shots.npz`` (key ``num_per_class``, as the CADEL/cRT repos ship)."""
     with np.load(path) as npz:
         if "num_per_class" not in npz:
-            raise ValueError(f"{path} has no 'num_per_class' array (keys: {list(npz)})")
+            raise DataError(f"{path} has no 'num_per_class' array (keys: {list(npz)})")
         return np.asarray(npz["num_per_class"]).astype(np.int64).tolist()
 
 
@@ -152,7 +154,7 @@ def count_stream_labels(stream, label_column: str) -> list:
     """Per-class counts by one pass over the label column of a streamed split (when no count file gives them)."""
     labels = np.fromiter((row[label_column] for row in stream.select_columns([label_column])), dtype=np.int64)
     if len(labels) and labels.min() < 0:
-        raise ValueError(f"the streamed train split has negative labels (e.g. {labels[labels < 0][0]})")
+        raise DataError(f"the streamed train split has negative labels (e.g. {labels[labels < 0][0]})")
     return np.bincount(labels).tolist()
 
 
@@ -193,18 +195,18 @@ def build_hub(opts):
     from datasets import load_dataset, load_from_disk
     path = opts.hub_dataset_id
     if not path:
-        raise ValueError("--dataset hub needs --hub_dataset_id: a Hub dataset id (e.g. 'user/name') or a local "
+        raise DataError("--dataset hub needs --hub_dataset_id: a Hub dataset id (e.g. 'user/name') or a local "
                          "dataset folder, with --image_column / --label_column naming its columns")
     saved = Path(path, "dataset_dict.json").is_file() or Path(path, "state.json").is_file()
     if opts.streaming and not saved:
         if opts.imb_factor is not None:
-            raise ValueError("--imb_factor subsamples a map-style dataset; drop --streaming to make it long-tailed")
+            raise DataError("--imb_factor subsamples a map-style dataset; drop --streaming to make it long-tailed")
         return stream_hub(opts, path)
     try:
         splits = load_from_disk(path) if saved else load_dataset(path, opts.hub_dataset_config,
                                                                   revision=opts.hub_dataset_revision)
     except (FileNotFoundError, ConnectionError, OSError, ValueError) as exc:
-        raise FileNotFoundError(f"could not load {path!r}: not a local dataset folder (save_to_disk, or data files "
+        raise MissingInputError(f"could not load {path!r}: not a local dataset folder (save_to_disk, or data files "
                                 f"with train/validation/test splits) and not reachable as a Hub dataset id "
                                 f"({type(exc).__name__}: {exc})") from exc
     data = from_splits(splits if isinstance(splits, Mapping) else {"train": splits}, opts.image_column,

@@ -9,6 +9,8 @@ from pathlib import Path
 import timm
 import torch
 
+from ..utils.errors import ModelError
+
 
 def export_timm_backbone(model_ref: str, out_dir) -> Path:
     """Write the backbone of the cadel model at ``model_ref`` (folder, run folder or Hub id) to ``out_dir``."""
@@ -25,7 +27,7 @@ def export_timm_backbone(model_ref: str, out_dir) -> Path:
     plain = timm.create_model(c.backbone, pretrained=False, **args)
     missing, unexpected = plain.load_state_dict(model.backbone.state_dict(), strict=False)
     if missing or unexpected:
-        raise ValueError(f"the backbone of {model_ref} does not match timm's {c.backbone} (missing {missing[:3]}, "
+        raise ModelError(f"the backbone of {model_ref} does not match timm's {c.backbone} (missing {missing[:3]}, "
                          f"unexpected {unexpected[:3]})")
     data_config = {"input_size": (3, c.image_size, c.image_size), "mean": tuple(c.image_mean),
                    "std": tuple(c.image_std), "crop_pct": 224 / 256}

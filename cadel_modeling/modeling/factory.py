@@ -8,7 +8,9 @@ from pathlib import Path
 
 import torch
 
+from ..utils.errors import ModelError
 from ..utils.finite import require_finite
+from .backbones import UnsupportedBackboneError
 from .locate import RUN_CONFIG_NAME, find_model_dir
 from .modeling_cadel import CadelConfig, CadelForImageClassification
 from .pretrained import load_pretrained_checkpoint
@@ -41,10 +43,14 @@ def build_model(cfg, data) -> CadelForImageClassification:
     config = model_config_for(cfg, data)
     try:
         model = CadelForImageClassification(config, pretrained_backbone=cfg.pretrained)
+    except UnsupportedBackboneError:
+        raise
+    except ValueError as exc:  # the model's own checks of the settings (it ships as remote code: plain ValueError)
+        raise ModelError(f"cannot build the {cfg.backbone} cascade with these settings: {exc}") from exc
     except OSError as exc:
         if not cfg.pretrained:
             raise
-        raise OSError(f"could not fetch timm's pretrained weights for {cfg.backbone!r} from the Hugging Face Hub "
+        raise ModelError(f"could not fetch timm's pretrained weights for {cfg.backbone!r} from the Hugging Face Hub "
                       f"({type(exc).__name__}); go online or pre-download them into the cache, or pass --pretrained "
                       f"false (optionally with --pretrained_checkpoint FILE)") from exc
     if cfg.pretrained_checkpoint:
@@ -61,7 +67,7 @@ def init_from_model(model: CadelForImageClassification, ref: str) -> None:
     source = find_model_dir(ref)
     source_config = CadelConfig.from_pretrained(str(source))
     if source_config.backbone.split(".")[0] != model.config.backbone.split(".")[0]:
-        raise ValueError(f"--init_from {ref} is a {source_config.backbone} cascade but this run builds "
+        raise ModelError(f"--init_from {ref} is a {source_config.backbone} cascade but this run builds "
                          f"{model.config.backbone}; pass --backbone {source_config.backbone} (and its exit settings)")
     report = load_pretrained_checkpoint(model, source)
     logger.info("initialised from %s: %d tensors loaded, %d kept fresh (new class count or head)", ref,

@@ -46,6 +46,7 @@ from ..training.checkpointing import (
     latest_valid,
     list_checkpoints,
     load_checkpoint,
+    read_meta,
     save_checkpoint,
     signature_of,
     verify,
@@ -55,9 +56,11 @@ from ..training.losses import CascadeLoss, annealing_T
 from ..training.optim import OptimizerSpec, build_optimizer
 from ..training.preemption import Preempted, Preemption
 from ..training.tracking import tracking_kwargs
+from ..utils.errors import ConfigError, OutputDirError
 from ..utils.finite import NonFiniteTensorError
 from ..utils.io import append_jsonl, command_line, read_json, read_jsonl, rewrite_jsonl, write_json
 from ..utils.logging import log_to_file, setup_logging
+from ..utils.run_lock import LOCK_NAME
 from . import push
 
 logger = logging.getLogger("cadel")
@@ -76,9 +79,10 @@ def selection_scores(exit_logits: torch.Tensor, model_config) -> torch.Tensor:
 
 def folder_state(out: Path) -> str:
     """'empty' (missing or empty), 'run' (a cadel run folder) or 'other' (holds files cadel did not write)."""
-    if not out.exists() or not any(out.iterdir()):
+    entries = [p for p in out.iterdir() if p.name != LOCK_NAME] if out.is_dir() else []  # the lock is the command's
+    if not entries:
         return "empty"
-    names = {p.name.removesuffix(".tmp").removesuffix(".old") for p in out.iterdir()}  # half-written saves too
+    names = {p.name.removesuffix(".tmp").removesuffix(".old") for p in entries}  # half-written saves too
     cadel = set(RUN_FILES) | set(RUN_FOLDERS) | {n for n in names if n.startswith(("stage2_", "eval_"))} | \
         {"README.md"}
     return "run" if names & {"config.yaml", "run_info.json", "checkpoints"} and names <= cadel else "other"
@@ -106,25 +110,45 @@ def resume_target(cfg: RunConfig) -> Optional[Path]:
     return path  # None on an empty folder: a fresh start, so 'latest' is safe in a restart loop
 
 
-def check_output_dir(cfg: RunConfig, resuming: bool) -> None:
-    """Refuse to write into a used output_dir unless resuming or told to overwrite (read-only)."""
+def is_foreign(checkpoint: Path, out: Path) -> bool:
+    """Whether ``checkpoint`` belongs to another run than the one ``out`` holds (resuming it there would replace
+    that run)."""
+    if folder_state(out) != "run":
+        return False
+    info = out / "run_info.json"
+    return read_meta(checkpoint).get("run_id") != (read_json(info).get("run_id") if info.is_file() else None)
+
+
+def check_output_dir(cfg: RunConfig, resuming: bool, foreign: Optional[Path] = None) -> None:
+    """Refuse to write into a used output_dir unless resuming its own run or told to overwrite (read-only);
+    ``foreign`` is a checkpoint of another run to resume there."""
     out = Path(cfg.output_dir)
     state = folder_state(out)
     if state == "other":
-        raise FileExistsError(f"output_dir {out} holds files that cadel did not write; choose an empty or new "
-                              f"--output_dir (cadel never deletes files it does not know)")
+        raise OutputDirError(f"output_dir {out} holds files that cadel did not write; choose an empty or new "
+                             f"--output_dir (cadel never deletes files it does not know)")
+    if state == "run" and foreign is not None and not cfg.overwrite_output_dir:
+        raise OutputDirError(f"{foreign} is a checkpoint of another run than the one in {out}: resuming it there "
+                             f"would replace that run; pass --overwrite_output_dir to replace it, or choose a new "
+                             f"--output_dir")
+    if state == "run" and foreign is not None and out.resolve() in foreign.resolve().parents:
+        raise OutputDirError(f"{foreign} lies inside {out}, which --overwrite_output_dir would clear; copy the "
+                             f"checkpoint elsewhere first, or choose a new --output_dir")
     if state == "run" and not (resuming or cfg.overwrite_output_dir):
-        raise FileExistsError(f"output_dir {out} already holds a run; pass --resume_from_checkpoint latest to "
-                              f"continue it, --overwrite_output_dir to start over there, or choose another "
-                              f"--output_dir")
+        raise OutputDirError(f"output_dir {out} already holds a run; pass --resume_from_checkpoint latest to "
+                             f"continue it, --overwrite_output_dir to start over there, or choose another "
+                             f"--output_dir")
 
 
 def claim_output_dir(cfg: RunConfig, accelerator, resuming: bool) -> Path:
-    """After every check: a fresh run removes what a previous run left there (``--overwrite_output_dir``)."""
+    """After every check: a fresh run (or one resuming another run's checkpoint) removes what a previous run left
+    there (``--overwrite_output_dir``); the lock file stays, it is the running command's."""
     out = Path(cfg.output_dir)
     if accelerator.is_main_process:
         if not resuming and folder_state(out) == "run":
-            shutil.rmtree(out)
+            for entry in out.iterdir():
+                if entry.name != LOCK_NAME:
+                    shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
             logger.warning("--overwrite_output_dir: removed the previous run in %s (checkpoints, logs, models, "
                            "stage-2 and evaluation folders)", out)
         out.mkdir(parents=True, exist_ok=True)
@@ -186,7 +210,8 @@ def run(cfg: RunConfig) -> dict:
     setup_logging(accelerator.is_main_process)
     # -- checks: nothing is written before they all pass ------------------------------------------------------
     resume_path = resume_target(cfg)
-    check_output_dir(cfg, resuming=resume_path is not None)
+    foreign = resume_path is not None and is_foreign(resume_path, Path(cfg.output_dir))
+    check_output_dir(cfg, resuming=resume_path is not None, foreign=resume_path if foreign else None)
     set_seed(cfg.seed)
     with accelerator.main_process_first():
         data = build_datasets(DataOptions.from_config(cfg))
@@ -213,7 +238,7 @@ def run(cfg: RunConfig) -> dict:
         model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
         steps_per_epoch = len(train_loader) // cfg.grad_accum_steps
     if steps_per_epoch == 0:
-        raise ValueError(f"batch_size {cfg.batch_size} is larger than the training split "
+        raise ConfigError(f"batch_size {cfg.batch_size} is larger than the training split "
                          f"({data.num_train_images} images); lower --batch_size")
     loss_fn = CascadeLoss(cfg.bins, cfg.gamma, cfg.base_weight, cfg.weight_mode, cfg.resolved_base_loss(),
                           class_counts=data.class_counts).to(accelerator.device)
@@ -225,7 +250,7 @@ def run(cfg: RunConfig) -> dict:
             raise CheckpointError("a streamed run resumes from epoch boundaries only; resume from an end-of-epoch "
                                   "checkpoint (its cadel_checkpoint.json shows step_in_epoch 0)")
     # -- the run claims its folder ----------------------------------------------------------------------------
-    out = claim_output_dir(cfg, accelerator, resuming=resume_path is not None)
+    out = claim_output_dir(cfg, accelerator, resuming=resume_path is not None and not foreign)
     log_path = out / "train_log.jsonl"
     if accelerator.is_main_process:
         log_to_file(out / "train.log")

@@ -27,6 +27,7 @@ from ..results import write_report
 from ..training import tracking
 from ..training.accelerator import make_accelerator
 from ..training.tracking import tracking_kwargs
+from ..utils.errors import ConfigError, MissingInputError
 from ..utils.io import command_line, write_json
 from ..utils.logging import setup_logging
 from . import push
@@ -95,12 +96,12 @@ def run(cfg: RunConfig) -> dict:
     stage1 = Path(cfg.stage1_dir)
     model_dir = stage1 / "best_model"
     if not (model_dir / "config.json").exists():
-        raise FileNotFoundError(f"{model_dir} has no model: run train_stage1.py with --output_dir {stage1} first")
+        raise MissingInputError(f"{model_dir} has no model: run train_stage1.py with --output_dir {stage1} first")
     out = stage1 / f"stage2_{cfg.stage2_method}"
     with accelerator.main_process_first():
         data = build_datasets(DataOptions.from_config(cfg))
     if "val" not in data.splits:
-        raise ValueError(f"stage 2 chooses tau, epochs and exit weights on a 'val' split, which {cfg.dataset} "
+        raise ConfigError(f"stage 2 chooses tau, epochs and exit weights on a 'val' split, which {cfg.dataset} "
                          f"lacks; give the dataset a validation split (e.g. --val_per_class)")
     model = load_model(model_dir)
     check_model_matches_data(model.config, data, str(model_dir))
@@ -127,7 +128,7 @@ def run(cfg: RunConfig) -> dict:
     net.config.tau = tau
     step = cfg.exit_weight_step
     if cfg.select_inference_rule and not step:
-        raise ValueError("--select_inference_rule chooses among the rules and the learned exit weights: it needs "
+        raise ConfigError("--select_inference_rule chooses among the rules and the learned exit weights: it needs "
                          "--exit_weight_step > 0")
     ensemble = search_exit_weights(val_logits.to(accelerator.device), val_labels, counts, grid, step, rule) \
         if step else None

@@ -27,6 +27,7 @@ from typing import List, Optional
 import numpy as np
 import torch
 
+from ..utils.errors import UserError
 from ..utils.finite import require_finite
 from ..utils.io import read_json, write_json
 
@@ -38,7 +39,7 @@ RNG_PATTERN = "rng_state_{}.json"
 CHECKPOINT_DIR = "checkpoints"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint that cannot be resumed: missing, corrupt, unsafe, or made by another model or run."""
 
 

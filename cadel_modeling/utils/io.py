@@ -41,6 +41,9 @@ def rewrite_jsonl(path, records: Iterable[Mapping]) -> None:
 
 
 def command_line() -> str:
-    """The command that started this process, as a user would retype it (program name without its folder)."""
+    """The command that started this process, as a user would retype it (program name without its folder), with
+    any token redacted: it is recorded in run files and printed in retry commands."""
     import sys
-    return " ".join([Path(sys.argv[0]).name] + sys.argv[1:])
+
+    from .secrets import redact
+    return redact(" ".join([Path(sys.argv[0]).name] + sys.argv[1:]))

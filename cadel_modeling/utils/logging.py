@@ -43,6 +43,14 @@ def log_to_file(path: Optional[Path]) -> None:
     logging.getLogger().addHandler(handler)
 
 
+def close_log_file() -> None:
+    """Stop writing to the run's log file (its folder is about to be removed)."""
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if getattr(h, "cadel", False) and isinstance(h, logging.FileHandler)]:
+        root.removeHandler(handler)
+        handler.close()
+
+
 def progress(iterable=None, *, main: bool = True, **kwargs):
     """A tqdm bar on the main process of an interactive session; in a log file (not a terminal) the per-epoch log
     lines say enough, and redrawn bars would bury them (``CADEL_PROGRESS=1`` forces the bars)."""
