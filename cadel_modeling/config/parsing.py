@@ -36,8 +36,9 @@ LIMITS = {
     "n_max": (lambda v: v is None or v >= 1, "at least 1"), "val_per_class": (lambda v: v >= 0, "0 or more"),
     "mixup_alpha": (lambda v: v >= 0, "0 (off) or more"), "log_every": (lambda v: v >= 0, "0 or more"),
     "exit_weight_step": (lambda v: 0 <= v <= 1, "between 0 (off) and 1"),
-    "tau_grid": (lambda v: len(v) > 0 and all(isinstance(t, (int, float)) and not isinstance(t, bool) for t in v),
-                 "a non-empty list of numbers"),
+    "tau_grid": (lambda v: len(v) > 0 and all(isinstance(t, (int, float)) and not isinstance(t, bool) and t >= 0
+                                              for t in v),
+                 "a non-empty list of numbers, each 0 or more (tau scales the log prior: -1 would favour the head)"),
 }
 
 

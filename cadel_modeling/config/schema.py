@@ -52,7 +52,8 @@ class RunConfig:
     output_dir: str = _f("runs/fashion_mnist_lt", "Run", "where checkpoints, logs, configs and results go",
                          commands=(STAGE1, EVALUATE))
     seed: int = _f(0, "Run", "seed of data order, augmentation, mixup and initialisation")
-    overwrite_output_dir: bool = _f(False, "Run", "start over in a used output_dir (removes the previous run's files)")
+    overwrite_output_dir: bool = _f(False, "Run", "start over in a used output_dir (removes the previous run's files); "
+                                    "stage 2: replace its stage2_<method> folder", commands=(STAGE1, STAGE2))
     resume_from_checkpoint: Optional[str] = _f(None, "Run", "'latest' or a checkpoint folder to resume from")
     checkpointing_steps: Optional[int] = _f(None, "Run", "also checkpoint every N optimizer steps (always per epoch)")
     keep_last_checkpoints: int = _f(2, "Run", "resumable checkpoints to keep")

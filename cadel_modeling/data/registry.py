@@ -65,6 +65,10 @@ def build_datasets(opts: DataOptions) -> LongTailedData:
             if name != "train":
                 validate_labels(label_array(split, data.label_column), c, name)
             check_image_files(split, data.image_column, name)
+    empty_splits = [name for name, split in data.splits.items() if not is_streamed(split) and len(split) == 0]
+    if empty_splits:
+        raise DataError(f"the {' and '.join(empty_splits)} split{'s are' if len(empty_splits) > 1 else ' is'} empty: "
+                        f"the best epoch and tau are chosen on validation; pass --val_per_class 1 or more")
     empty = [i for i, n in enumerate(data.class_counts) if n == 0]
     if empty:
         shown = ", ".join(f"class {i} {data.class_names[i]!r}" for i in empty[:5])

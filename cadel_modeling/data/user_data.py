@@ -88,6 +88,15 @@ def check_imagefolder_layout(root: Path) -> None:
         if not classes[split]:
             raise DataError(f"{folder} has no class folders; the layout is {folder}/<class>/<image>")
     train = classes["train"]
+    if len(train) < 2:
+        raise DataError(f"{root / 'train'} has one class folder ({', '.join(sorted(train))}); classification needs at "
+                         f"least 2 classes: add a folder per class")
+    empty = sorted(c for c in train if not any(p.suffix.lower() in IMAGE_SUFFIXES
+                                               for p in (root / "train" / c).rglob("*")))
+    if empty:
+        raise DataError(f"{root / 'train'} has class folders without images: {empty[:10]}"
+                         f"{' ...' if len(empty) > 10 else ''}; every class needs training images (add images, or "
+                         f"remove those folders)")
     for split, found in classes.items():
         extra = sorted(found - train)
         if extra:
@@ -124,6 +133,10 @@ def make_long_tailed(data, opts):
     labels = label_array(data.train, data.label_column)
     available = np.bincount(labels, minlength=data.num_classes)
     carve = 0 if has_val else opts.val_per_class
+    if available.min() == 0:
+        shown = ", ".join(f"class {c} {data.class_names[c]!r}" for c in np.flatnonzero(available == 0)[:5])
+        raise DataError(f"{shown}: no training image; every class needs training images for a long-tailed profile "
+                         f"(add images, or remove the class)")
     n_max = opts.n_max or int(available.min()) - carve
     if n_max < 1:
         raise DataError(f"the smallest class has {int(available.min())} training images, too few to keep "

@@ -17,7 +17,7 @@ from typing import Dict, Optional, Sequence
 import yaml
 
 from ..modeling.locate import RUN_CONFIG_NAME
-from ..utils.errors import MissingInputError, OutputDirError
+from ..utils.errors import ConfigError, MissingInputError
 from ..utils.secrets import redact, without_secrets
 from .model_card import build_model_card
 from .run_folders import RunFolders
@@ -131,7 +131,7 @@ def push_to_hub(path, repo_id: Optional[str] = None, *, private: bool = False, t
     folders = RunFolders.locate(path)
     if card_path is None:
         if in_hub_cache(folders.run_dir):
-            raise OutputDirError(f"{folders.run_dir} is in the Hugging Face cache, where the model card must not be "
+            raise ConfigError(f"{folders.run_dir} is in the Hugging Face cache, where the model card must not be "
                              f"written: pass card_path (e.g. your output_dir/README.md)")
         card_path = folders.run_dir / "README.md"
     card_path = Path(card_path)

@@ -9,16 +9,38 @@ from pathlib import Path
 import timm
 import torch
 
-from ..utils.errors import ModelError
+from ..modeling.locate import RUN_CONFIG_NAME
+from ..utils.errors import ModelError, OutputDirError
+
+# What marks a cadel run or model folder: an export there would replace its config.json or break the run.
+CADEL_MARKERS = ("config.yaml", "run_info.json", "checkpoints", "best_model", RUN_CONFIG_NAME)
 
 
-def export_timm_backbone(model_ref: str, out_dir) -> Path:
-    """Write the backbone of the cadel model at ``model_ref`` (folder, run folder or Hub id) to ``out_dir``."""
+def check_export_target(out_dir, overwrite: bool) -> None:
+    """Refuse a cadel run or model folder always, and any other non-empty folder unless ``overwrite``."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise OutputDirError(f"{out} is a file; choose a folder for the timm model")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    marker = next((m for m in CADEL_MARKERS if (out / m).exists()), None)
+    if marker is not None:
+        raise OutputDirError(f"{out} is a cadel run or model folder (it holds {marker}); exporting there would "
+                             f"overwrite its files, --overwrite_output_dir or not: choose a new folder")
+    if not overwrite:
+        raise OutputDirError(f"{out} is not empty; choose a new folder, or pass --overwrite_output_dir to replace "
+                             f"its config.json and model.safetensors")
+
+
+def export_timm_backbone(model_ref: str, out_dir, overwrite: bool = False) -> Path:
+    """Write the backbone of the cadel model at ``model_ref`` (folder, run folder or Hub id) to ``out_dir`` (a new
+    or empty folder; another non-empty folder only with ``overwrite``; never a cadel run or model folder)."""
     from timm.models._hub import save_for_hf
 
     from ..modeling.factory import load_model
     from ..modeling.locate import find_model_dir
 
+    check_export_target(out_dir, overwrite)
     model = load_model(find_model_dir(model_ref))
     c = model.config
     args = {"num_classes": 0, "global_pool": "avg", **c.backbone_kwargs}

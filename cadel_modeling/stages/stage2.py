@@ -12,10 +12,11 @@ every candidate is scored in memory.
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 from typing import List
 
-from ..config import RunConfig
+from ..config import RunConfig, load_run_config
 from ..data import DataOptions, build_datasets
 from ..data.loaders import LoaderSpec
 from ..inference import check_model_matches_data, predict_split, process_invariant_loader
@@ -27,8 +28,8 @@ from ..results import write_report
 from ..training import tracking
 from ..training.accelerator import make_accelerator
 from ..training.tracking import tracking_kwargs
-from ..utils.errors import ConfigError, MissingInputError
-from ..utils.io import command_line, write_json
+from ..utils.errors import ConfigError, MissingInputError, OutputDirError
+from ..utils.io import command_line, read_jsonl, write_json
 from ..utils.logging import setup_logging
 from . import push
 from .crt import CRTOptions, retrain_classifiers
@@ -89,6 +90,17 @@ def choices_text(summary: dict, num_exits: int) -> str:
     return "\n".join(lines)
 
 
+def stage1_progress(stage1: Path) -> dict:
+    """Whether the stage-1 run finished: its summary is written last, and its log holds every epoch (a run stopped
+    by a signal, or extended and not yet done, has neither or fewer)."""
+    epochs_done = max((r["epoch"] for r in read_jsonl(stage1 / "train_log.jsonl")), default=0)
+    config = stage1 / "config.yaml"
+    epochs = load_run_config(config).get("epochs") if config.is_file() else None
+    summary = (stage1 / "stage1_summary.json").is_file()
+    return {"finished": summary and epochs is not None and epochs_done >= epochs, "epochs_done": epochs_done,
+            "epochs": epochs, "summary": summary}
+
+
 def run(cfg: RunConfig) -> dict:
     out = Path(cfg.stage1_dir) / f"stage2_{cfg.stage2_method}"
     accelerator = make_accelerator(**tracking_kwargs(cfg.report_to, cfg.tracking_dir, out / "tracking"))
@@ -98,6 +110,14 @@ def run(cfg: RunConfig) -> dict:
     if not (model_dir / "config.json").exists():
         raise MissingInputError(f"{model_dir} has no model: run train_stage1.py with --output_dir {stage1} first")
     out = stage1 / f"stage2_{cfg.stage2_method}"
+    if out.is_dir() and any(out.iterdir()) and not cfg.overwrite_output_dir:
+        raise OutputDirError(f"{out} already holds a stage-2 result; pass --overwrite_output_dir to replace it")
+    stage1_state = stage1_progress(stage1)
+    if not stage1_state["finished"]:
+        logger.warning("stage 1 in %s has not finished (%d of %d epochs logged%s): stage 2 starts from its best "
+                       "model so far; resume stage 1 (--resume_from_checkpoint latest) for the full run", stage1,
+                       stage1_state["epochs_done"], stage1_state["epochs"] or 0,
+                       "" if stage1_state["summary"] else ", no stage1_summary.json")
     with accelerator.main_process_first():
         data = build_datasets(DataOptions.from_config(cfg))
     if "val" not in data.splits:
@@ -133,7 +153,7 @@ def run(cfg: RunConfig) -> dict:
     ensemble = search_exit_weights(val_logits.to(accelerator.device), val_labels, counts, grid, step, rule) \
         if step else None
     summary = {"method": cfg.stage2_method, "command": command_line(),
-               "num_processes": accelerator.num_processes,
+               "num_processes": accelerator.num_processes, "stage1": stage1_state,
                "inference_rule": rule, "exits": list(main_exits),
                "tau": tau, "tau_selected_on": "val", "tau_grid": grid, "val_top1": max(r["top1"] for r in sweep),
                "val_sweep": sweep, "crt": crt, "ensemble": ensemble}
@@ -141,6 +161,10 @@ def run(cfg: RunConfig) -> dict:
         summary["selected_rule"] = select_inference_rule(net.config, ensemble)
     if accelerator.is_main_process:
         print("\n" + choices_text(summary, num_exits))
+    if accelerator.is_main_process and out.exists():  # every check passed: replace (--overwrite_output_dir)
+        shutil.rmtree(out)
+        logger.warning("--overwrite_output_dir: removed the previous stage-2 result in %s", out)
+    accelerator.wait_for_everyone()
     if "test" in logits:
         test_logits, test_labels = logits["test"]
         summary["test_sweep"] = tau_sweep(test_logits, test_labels, counts, grid, rule, cfg.eval_exits)

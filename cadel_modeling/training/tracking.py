@@ -49,6 +49,11 @@ def resolve_trackers(report_to: str) -> List[str]:
 def tracking_kwargs(report_to: str, tracking_dir: Optional[str], default_dir: Path) -> dict:
     """``Accelerator`` keyword arguments for the chosen trackers (checked before anything is written)."""
     trackers = resolve_trackers(report_to)
+    if tracking_dir:  # a folder the trackers can create: its first existing ancestor is a folder
+        existing = next(p for p in [Path(tracking_dir), *Path(tracking_dir).parents] if p.exists() or p == Path("."))
+        if existing.exists() and not existing.is_dir():
+            raise ConfigError(f"--tracking_dir {tracking_dir}: {existing} is a file, not a folder; choose another "
+                              f"--tracking_dir")
     if not trackers:
         return {}
     return {"log_with": trackers, "project_dir": str(tracking_dir or default_dir)}
