@@ -55,6 +55,8 @@ class RunConfig:
     overwrite_output_dir: bool = _f(False, "Run", "start over in a used output_dir (removes the previous run's files); "
                                     "stage 2: replace its stage2_<method> folder", commands=(STAGE1, STAGE2))
     resume_from_checkpoint: Optional[str] = _f(None, "Run", "'latest' or a checkpoint folder to resume from")
+    allow_changed_config: bool = _f(False, "Run", "on resume, accept changed settings (lr, seed, data, schedule, ...) "
+                                    "from the resumed epoch on; logged and recorded in run_info.json")
     checkpointing_steps: Optional[int] = _f(None, "Run", "also checkpoint every N optimizer steps (always per epoch)")
     keep_last_checkpoints: int = _f(2, "Run", "resumable checkpoints to keep")
     on_nonfinite_loss: str = _f("skip", "Run", "a NaN/inf loss: skip the step (weights and BatchNorm statistics "
@@ -193,6 +195,8 @@ class RunConfig:
     eval_exits: Optional[list] = _f(None, "Evaluation", "exits to sum (1-based; default: the model's rule)")
     # ---------------------------------------------------------------- internal
     run_id: Optional[str] = _f(None, "Internal", "set by stage 1: which run a config, model or checkpoint belongs to")
+    schedule_epochs: Optional[int] = _f(None, "Internal", "set by stage 1: the epochs the T and lr schedules span "
+                                        "(the run's first --epochs; a longer run holds their final values after)")
 
     # -- helpers -----------------------------------------------------------------------------------------------
     def to_dict(self) -> dict:

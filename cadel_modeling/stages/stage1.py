@@ -9,11 +9,9 @@ from __future__ import annotations
 import logging
 import math
 import platform
-import shutil
 import time
 import uuid
 from pathlib import Path
-from typing import Optional
 
 import torch
 from accelerate import DataLoaderConfiguration
@@ -42,31 +40,33 @@ from ..training.checkpointing import (
     CheckpointError,
     TrainState,
     check_signature,
-    checkpoint_root,
     latest_valid,
-    list_checkpoints,
     load_checkpoint,
     read_meta,
     save_checkpoint,
     signature_of,
-    verify,
 )
 from ..training.loop import LoopOptions, NonFiniteLossError, train_one_epoch
 from ..training.losses import CascadeLoss, annealing_T
 from ..training.optim import OptimizerSpec, build_optimizer
 from ..training.preemption import Preempted, Preemption
 from ..training.tracking import tracking_kwargs
-from ..utils.errors import ConfigError, OutputDirError
+from ..utils.errors import ConfigError
 from ..utils.finite import NonFiniteTensorError
 from ..utils.io import append_jsonl, command_line, read_json, read_jsonl, rewrite_jsonl, write_json
 from ..utils.logging import log_to_file, setup_logging
-from ..utils.run_lock import LOCK_NAME
 from . import push
+from .run_folder import (
+    check_output_dir,
+    check_resume_settings,
+    claim_output_dir,
+    is_foreign,
+    result_settings,
+    resume_target,
+)
 
 logger = logging.getLogger("cadel")
 
-RUN_FILES = ("config.yaml", "run_info.json", "train_log.jsonl", "stage1_summary.json", "train.log")
-RUN_FOLDERS = ("checkpoints", "best_model", "last_model", "tracking")
 
 
 def selection_scores(exit_logits: torch.Tensor, model_config) -> torch.Tensor:
@@ -75,85 +75,6 @@ def selection_scores(exit_logits: torch.Tensor, model_config) -> torch.Tensor:
         return adjust_logits(combine_exits(list(exit_logits), "sum"), model_config.class_counts, 1.0,
                              num_terms=exit_logits.shape[0])
     return exit_logits[-1]
-
-
-def folder_state(out: Path) -> str:
-    """'empty' (missing or empty), 'run' (a cadel run folder) or 'other' (holds files cadel did not write)."""
-    entries = [p for p in out.iterdir() if p.name != LOCK_NAME] if out.is_dir() else []  # the lock is the command's
-    if not entries:
-        return "empty"
-    names = {p.name.removesuffix(".tmp").removesuffix(".old") for p in entries}  # half-written saves too
-    cadel = set(RUN_FILES) | set(RUN_FOLDERS) | {n for n in names if n.startswith(("stage2_", "eval_"))} | \
-        {"README.md"}
-    return "run" if names & {"config.yaml", "run_info.json", "checkpoints"} and names <= cadel else "other"
-
-
-def resume_target(cfg: RunConfig) -> Optional[Path]:
-    """The checkpoint to resume, checked (read-only); None for a fresh start."""
-    out = Path(cfg.output_dir)
-    if not cfg.resume_from_checkpoint:
-        return None
-    if cfg.resume_from_checkpoint != "latest":
-        path = Path(cfg.resume_from_checkpoint)
-        verify(path)
-        return path
-    run_id = read_json(out / "run_info.json").get("run_id") if (out / "run_info.json").is_file() else None
-    path = latest_valid(out, run_id)
-    if path is None and folder_state(out) != "empty":
-        found = "no valid checkpoint" if checkpoint_root(out).is_dir() else "no checkpoints/ folder"
-        raise CheckpointError(f"--resume_from_checkpoint latest: {out} holds {found} of its run to resume; pass "
-                              f"--overwrite_output_dir to start over there, or choose another --output_dir")
-    newest = list_checkpoints(out)[-1:]
-    if path is not None and [path] != newest:
-        logger.warning("resuming from %s, not the newest checkpoint folder %s (see the warnings above)", path.name,
-                       newest[0].name)
-    return path  # None on an empty folder: a fresh start, so 'latest' is safe in a restart loop
-
-
-def is_foreign(checkpoint: Path, out: Path) -> bool:
-    """Whether ``checkpoint`` belongs to another run than the one ``out`` holds (resuming it there would replace
-    that run)."""
-    if folder_state(out) != "run":
-        return False
-    info = out / "run_info.json"
-    return read_meta(checkpoint).get("run_id") != (read_json(info).get("run_id") if info.is_file() else None)
-
-
-def check_output_dir(cfg: RunConfig, resuming: bool, foreign: Optional[Path] = None) -> None:
-    """Refuse to write into a used output_dir unless resuming its own run or told to overwrite (read-only);
-    ``foreign`` is a checkpoint of another run to resume there."""
-    out = Path(cfg.output_dir)
-    state = folder_state(out)
-    if state == "other":
-        raise OutputDirError(f"output_dir {out} holds files that cadel did not write; choose an empty or new "
-                             f"--output_dir (cadel never deletes files it does not know)")
-    if state == "run" and foreign is not None and not cfg.overwrite_output_dir:
-        raise OutputDirError(f"{foreign} is a checkpoint of another run than the one in {out}: resuming it there "
-                             f"would replace that run; pass --overwrite_output_dir to replace it, or choose a new "
-                             f"--output_dir")
-    if state == "run" and foreign is not None and out.resolve() in foreign.resolve().parents:
-        raise OutputDirError(f"{foreign} lies inside {out}, which --overwrite_output_dir would clear; copy the "
-                             f"checkpoint elsewhere first, or choose a new --output_dir")
-    if state == "run" and not (resuming or cfg.overwrite_output_dir):
-        raise OutputDirError(f"output_dir {out} already holds a run; pass --resume_from_checkpoint latest to "
-                             f"continue it, --overwrite_output_dir to start over there, or choose another "
-                             f"--output_dir")
-
-
-def claim_output_dir(cfg: RunConfig, accelerator, resuming: bool) -> Path:
-    """After every check: a fresh run (or one resuming another run's checkpoint) removes what a previous run left
-    there (``--overwrite_output_dir``); the lock file stays, it is the running command's."""
-    out = Path(cfg.output_dir)
-    if accelerator.is_main_process:
-        if not resuming and folder_state(out) == "run":
-            for entry in out.iterdir():
-                if entry.name != LOCK_NAME:
-                    shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
-            logger.warning("--overwrite_output_dir: removed the previous run in %s (checkpoints, logs, models, "
-                           "stage-2 and evaluation folders)", out)
-        out.mkdir(parents=True, exist_ok=True)
-    accelerator.wait_for_everyone()
-    return out
 
 
 def run_info(cfg: RunConfig, data, accelerator) -> dict:
@@ -170,7 +91,7 @@ def run_info(cfg: RunConfig, data, accelerator) -> dict:
             "class_names": data.class_names, "class_counts": data.class_counts, "data_notes": data.notes}
 
 
-def step_logger(accelerator, batch_size: int, epochs: int, state: TrainState):
+def step_logger(accelerator, batch_size: int, schedule_epochs: int, state: TrainState):
     """What trackers get for every optimizer step (from the loop's late step records, so no host sync): loss, lr,
     T, the mean cascade weight per exit, skipped steps and images/s."""
     if not accelerator.log_with:
@@ -179,7 +100,7 @@ def step_logger(accelerator, batch_size: int, epochs: int, state: TrainState):
 
     def log(record) -> None:
         now = time.time()
-        values = {"train/lr": record.lr, "train/T": annealing_T(record.epoch, epochs),
+        values = {"train/lr": record.lr, "train/T": annealing_T(min(record.epoch, schedule_epochs), schedule_epochs),
                   "train/skipped_steps": state.skipped_steps,
                   **{f"train/cascade_weight_exit{k + 1}": w for k, w in enumerate(record.mean_weights)}}
         if not record.skipped:
@@ -212,6 +133,10 @@ def run(cfg: RunConfig) -> dict:
     resume_path = resume_target(cfg)
     foreign = resume_path is not None and is_foreign(resume_path, Path(cfg.output_dir))
     check_output_dir(cfg, resuming=resume_path is not None, foreign=resume_path if foreign else None)
+    changes = check_resume_settings(cfg, read_meta(resume_path)) if resume_path is not None else []
+    info_path = Path(cfg.output_dir) / "run_info.json"
+    if resume_path is not None and not foreign and info_path.is_file():  # the changes of earlier resumes
+        changes = read_json(info_path).get("config_changes", []) + changes
     set_seed(cfg.seed)
     with accelerator.main_process_first():
         data = build_datasets(DataOptions.from_config(cfg))
@@ -255,7 +180,7 @@ def run(cfg: RunConfig) -> dict:
     if accelerator.is_main_process:
         log_to_file(out / "train.log")
         cfg.save(out / "config.yaml")
-        write_json(out / "run_info.json", run_info(cfg, data, accelerator))
+        write_json(out / "run_info.json", {**run_info(cfg, data, accelerator), "config_changes": changes})
         if resume_path is not None:  # drop records of epochs the resumed run redoes: one record per epoch
             rewrite_jsonl(log_path, [r for r in read_jsonl(log_path) if r["epoch"] < state.epoch])
             logger.info("resumed from %s at epoch %d, step %d", resume_path, state.epoch, state.step_in_epoch)
@@ -266,9 +191,9 @@ def run(cfg: RunConfig) -> dict:
     if cfg.export_dataset and accelerator.is_main_process:
         from ..data.export import export_splits
         logger.info("exported the splits of this run to %s", export_splits(data, cfg.export_dataset, cfg.hub_token))
-    meta = {**signature, "run_id": cfg.run_id}
+    meta = {**signature, "run_id": cfg.run_id, "epochs": cfg.epochs, "hparams": result_settings(cfg)}
     tracking.start(accelerator, cfg.run_name or out.name, cfg.to_dict())
-    log_step = step_logger(accelerator, cfg.batch_size, cfg.epochs, state)
+    log_step = step_logger(accelerator, cfg.batch_size, cfg.schedule_epochs or cfg.epochs, state)
 
     def checkpoint():
         save_checkpoint(accelerator, model, optimizer, state, out, cfg.keep_last_checkpoints, meta)

@@ -159,7 +159,7 @@ def train_one_epoch(model, loader, optimizer, loss_fn, accelerator, opts: LoopOp
     device_skip = supports_device_skip(optimizer)
     flags = StepFlags(device, lag)
     mixup_gen = torch.Generator()
-    T = annealing_T(state.epoch, opts.epochs)
+    T = annealing_T(min(state.epoch, opts.schedule.epochs), opts.schedule.epochs)  # held at 0 past the schedule
     accum = opts.grad_accum_steps
     loss_sum = torch.full((), state.epoch_loss_sum, device=device)
     taken = torch.full((), float(state.epoch_loss_count), device=device)

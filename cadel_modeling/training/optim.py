@@ -61,7 +61,9 @@ class OptimizerSpec:
 class LRSchedule:
     """The learning rate as a pure function of (epoch, step); ``from_config`` reads it from a run config.
 
-    cosine_epoch: ``min + (lr-min) * (1 + cos(pi*(epoch-1)/E)) / 2``, constant within an epoch.
+    cosine_epoch: ``min + (lr-min) * (1 + cos(pi*(epoch-1)/E)) / 2``, constant within an epoch. ``E`` is the
+    run's schedule (``schedule_epochs``, else ``epochs``); epochs past it keep the value of epoch E (warmup_cosine:
+    min), so a run extended on resume never sees the lr rise again.
     warmup_cosine: ``t = epoch + step/steps_per_epoch`` (t starts at 1, as in the original, so warmup starts at
     lr/warmup); ``lr * t / W`` while t < W, then the half-cosine from W to E.
     """
@@ -78,14 +80,15 @@ class LRSchedule:
 
     @classmethod
     def from_config(cls, cfg) -> LRSchedule:
-        return cls(cfg.scheduler, cfg.lr, cfg.epochs, cfg.min_lr, cfg.warmup_epochs)
+        return cls(cfg.scheduler, cfg.lr, cfg.schedule_epochs or cfg.epochs, cfg.min_lr, cfg.warmup_epochs)
 
     def at(self, epoch: int, step: int = 0, steps_per_epoch: int = 1) -> float:
-        """Learning rate at 1-indexed ``epoch`` and 0-indexed ``step`` within it."""
+        """Learning rate at 1-indexed ``epoch`` and 0-indexed ``step`` within it; past ``epochs`` (a run extended on
+        resume) it holds its final value."""
         lr, lo, E = self.lr, self.min_lr, self.epochs
         if self.kind == "cosine_epoch":
-            return lo + (lr - lo) * 0.5 * (1 + math.cos(math.pi * (epoch - 1) / E))
-        t = epoch + step / max(steps_per_epoch, 1)
+            return lo + (lr - lo) * 0.5 * (1 + math.cos(math.pi * (min(epoch, E) - 1) / E))
+        t = min(epoch + step / max(steps_per_epoch, 1), E)
         W = self.warmup_epochs
         if t < W:
             return lr * t / W
