@@ -59,7 +59,7 @@ def _record_traceback(exc: BaseException) -> Path:
     """The traceback into the run's log file when the run has one, else a temporary file; returns where."""
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.FileHandler):
+        if isinstance(handler, logging.FileHandler) and getattr(handler, "cadel", False):  # the run's, not a host's
             handler.stream.write(text)
             handler.flush()
             return Path(handler.baseFilename)
