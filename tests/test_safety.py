@@ -71,7 +71,7 @@ def test_help_says_to_prefer_the_saved_login(capsys):
     with pytest.raises(SystemExit):
         parse_config(["--help"], STAGE1)
     text = " ".join(capsys.readouterr().out.split())
-    assert "HF_TOKEN or `huggingface-cli login`" in text and "recorded commands show ***" in text
+    assert "prefer HF_TOKEN or `huggingface-cli login` (not in ps); never saved, shown ***" in text
 
 
 # -- one writer per run folder -------------------------------------------------------------------------------------
@@ -314,8 +314,8 @@ def test_more_epochs_on_resume_keep_the_schedule_and_hold_its_end(caplog):
     T = [annealing_T(min(e, S), S) for e in range(1, 5)]  # what the loop computes
     assert T == [0.5, 0.0, 0.0, 0.0]  # before the fix: 0.5, 0.0, 0.25, 0.0
     assert [schedule.at(e) for e in range(1, 5)] == [0.1, 0.05, 0.05, 0.05]  # cos: 0.1 * (1 + cos(pi/2)) / 2
-    warm = LRSchedule("warmup_cosine", 0.1, 2, warmup_epochs=1)
-    assert warm.at(3) == warm.at(4) == warm.at(2, 10**6, 10**6 + 1) == pytest.approx(0.0, abs=1e-12)
+    warm = LRSchedule("warmup_cosine", 0.1, 4, warmup_epochs=1)
+    assert warm.at(5, 0, 10) == warm.at(7, 3, 10) == warm.at(4, 9, 10)  # held at the schedule's last step
     assert result_settings(longer) == {**result_settings(run), "schedule_epochs": 2}  # a second resume agrees
 
 

@@ -52,11 +52,10 @@ class RunConfig:
     output_dir: str = _f("runs/fashion_mnist_lt", "Run", "where checkpoints, logs, configs and results go",
                          commands=(STAGE1, EVALUATE))
     seed: int = _f(0, "Run", "seed of data order, augmentation, mixup and initialisation")
-    overwrite_output_dir: bool = _f(False, "Run", "start over in a used output_dir (removes the previous run's files); "
-                                    "stage 2: replace its stage2_<method> folder", commands=(STAGE1, STAGE2))
+    overwrite_output_dir: bool = _f(False, "Run", "start over in a used output_dir; stage 2: replace stage2_<method>",
+                                    commands=(STAGE1, STAGE2))
     resume_from_checkpoint: Optional[str] = _f(None, "Run", "'latest' or a checkpoint folder to resume from")
-    allow_changed_config: bool = _f(False, "Run", "on resume, accept changed settings (lr, seed, data, schedule, ...) "
-                                    "from the resumed epoch on; logged and recorded in run_info.json")
+    allow_changed_config: bool = _f(False, "Run", "resume with changed lr, seed, data, ... (recorded in run_info.json)")
     checkpointing_steps: Optional[int] = _f(None, "Run", "also checkpoint every N optimizer steps (always per epoch)")
     keep_last_checkpoints: int = _f(2, "Run", "resumable checkpoints to keep")
     on_nonfinite_loss: str = _f("skip", "Run", "a NaN/inf loss: skip the step (weights and BatchNorm statistics "
@@ -78,8 +77,8 @@ class RunConfig:
                           "(ImageNet, iNat and Places are research-only)")
     hub_revision: Optional[str] = _f(None, "Hub", "branch to push to (created if missing; default main)")
     hub_commit_message: Optional[str] = _f(None, "Hub", "commit message of the upload")
-    hub_token: Optional[str] = _f(None, "Hub", "Hub token; better leave it out: HF_TOKEN or `huggingface-cli login` "
-                                  "keep it out of shell history and ps. Never saved; recorded commands show ***")
+    hub_token: Optional[str] = _f(None, "Hub", "prefer HF_TOKEN or `huggingface-cli login` (not in ps); never "
+                                  "saved, shown ***")
     # ---------------------------------------------------------------- data
     dataset: str = _f("fashion_mnist_lt", "Dataset", "dataset builder", ["fashion_mnist_lt", "imagenet_lt",
                       "places_lt", "inat18", "cifar10_lt", "cifar100_lt", "imagefolder", "hub"])
