@@ -1,8 +1,9 @@
 """Stage 1: joint training of the cascade with the confidence-bin loss; best epoch chosen on validation.
 
 Nothing of the output folder changes until every check has passed (configuration, data, model, the checkpoint to
-resume and its signature): a refused command leaves the folder byte-identical. Then the run claims the folder (a
-fresh run id, or the resumed run's), writes its config and trains; every save checks that all tensors are finite.
+resume, its signature and settings; ``run_folder.py``): a refused command leaves the folder byte-identical. Then the
+run claims the folder (a fresh run id, or the resumed run's), writes its config and trains; every save checks that
+all tensors are finite.
 """
 from __future__ import annotations
 
