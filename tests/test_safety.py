@@ -328,3 +328,15 @@ def test_stage2_records_whether_stage1_finished(tmp_path):
     (tmp_path / "stage1_summary.json").write_text("{}")
     assert stage1_progress(tmp_path)["finished"]
 
+
+
+def test_each_command_locks_the_run_folder_it_writes_into(tmp_path):
+    run = tmp_path / "run"
+    tiny_model(run / "best_model")
+    tiny_model(run / "stage2_crt" / "model")
+    assert cli.run_folder(STAGE1, RunConfig(output_dir=str(run))) == run
+    assert cli.run_folder("stage2", RunConfig(stage1_dir=str(run))) == run
+    for model in (run, run / "best_model", run / "stage2_crt" / "model"):
+        assert cli.run_folder("evaluate", RunConfig(eval_model=str(model))) == run
+    hub = RunConfig(eval_model="someone/model", output_dir=str(tmp_path / "out"))
+    assert cli.run_folder("evaluate", hub) == tmp_path / "out"
