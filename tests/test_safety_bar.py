@@ -181,3 +181,20 @@ def test_a_corrupt_training_image_fails_in_one_line_and_the_skip_rerun_runs_ther
     assert not out.exists()  # nothing to resume: the folder is not claimed
     code, text = command("train_stage1.py", STAGE1, argv + ["--bad_image_policy", "skip"], monkeypatch)
     assert code == 0, text
+
+
+def test_resuming_with_more_epochs_never_raises_T_and_records_the_change(token_run, tmp_path, monkeypatch):
+    import shutil
+    run = tmp_path / "longer"
+    shutil.copytree(token_run.out, run)
+    argv = S1 + ["--output_dir", str(run), "--resume_from_checkpoint", "latest", "--epochs", "3"]
+    code, text = command("train_stage1.py", STAGE1, argv + ["--lr", "0.1"], monkeypatch)
+    assert code == 2 and "resuming with changed settings (lr 0.05 -> 0.1)" in text and "--allow_changed_config" in text
+    code, text = command("train_stage1.py", STAGE1, argv, monkeypatch)
+    assert code == 0, text
+    assert "--epochs 3 (the run had 1): T and the lr follow the run's 1-epoch schedule and hold their final values " \
+           "for epochs 2-3" in text
+    log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    assert [(r["epoch"], r["T"], r["lr"]) for r in log] == [(1, 0.0, 0.05), (2, 0.0, 0.05), (3, 0.0, 0.05)]
+    info = json.loads((run / "run_info.json").read_text())
+    assert info["config_changes"] == [{"key": "epochs", "old": 1, "new": 3, "from_epoch": 2, "from_step": 12}]

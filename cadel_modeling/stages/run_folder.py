@@ -135,7 +135,8 @@ def check_resume_settings(cfg: RunConfig, meta: dict) -> List[dict]:
     cfg.schedule_epochs = schedule if schedule != cfg.epochs else None
     now = result_settings(cfg)
     changes = [{"key": k, "old": recorded[k], "new": now[k], "from_epoch": meta.get("epoch"),
-                "from_step": meta.get("global_step")} for k in now if k in recorded and recorded[k] != now[k]]
+                "from_step": meta.get("global_step")} for k in now
+               if k in recorded and recorded[k] != now[k] and k not in meta]  # the signature is checked apart
     if meta.get("epochs") not in (None, cfg.epochs):
         logger.warning("--epochs %d (the run had %d): T and the lr follow the run's %d-epoch schedule%s "
                        "(docs/reliability.md)", cfg.epochs, meta["epochs"], schedule,
