@@ -32,7 +32,7 @@ def selected_exits(num_exits: int, rule: str, exits: Optional[Sequence[int]] = N
         bad = [k for k in exits if not (isinstance(k, int) and 1 <= k <= num_exits)]
         if bad or len(set(exits)) != len(exits):
             raise ConfigError(f"eval_exits {list(exits)} must be distinct exit numbers in 1..{num_exits} "
-                             f"(1 = shallowest, {num_exits} = the backbone's own exit)")
+                              f"(1 = shallowest, {num_exits} = the backbone's own exit)")
         return tuple(exits)
     return (num_exits,) if rule == "last" else tuple(range(1, num_exits + 1))
 

@@ -71,7 +71,7 @@ def shifted_test_subsets(labels: torch.Tensor, class_counts: Sequence[int],
     n = int(per_class.min())
     if n == 0:
         raise DataError(f"the test-agnostic protocol needs every class in the split; class {int(per_class.argmin())} "
-                         f"has no image. Use a balanced split (test) or turn the protocol off")
+                        f"has no image. Use a balanced split (test) or turn the protocol off")
     rank = torch.empty(num_classes, dtype=torch.float64)
     rank[torch.argsort(-torch.as_tensor(class_counts), stable=True)] = torch.arange(num_classes, dtype=torch.float64)
     shuffled = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))

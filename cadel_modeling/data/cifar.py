@@ -50,7 +50,7 @@ def _unpickle(path: Path) -> dict:
             data = DataOnlyUnpickler(fh, encoding="bytes").load()
     except (pickle.UnpicklingError, EOFError, ValueError) as exc:
         raise DataError(f"{path} is not a CIFAR python batch file ({exc}); it was refused without running it. "
-                         f"Download the python version from www.cs.toronto.edu/~kriz/cifar.html again") from exc
+                        f"Download the python version from www.cs.toronto.edu/~kriz/cifar.html again") from exc
     if not isinstance(data, dict):
         raise DataError(f"{path} holds a {type(data).__name__}, not a CIFAR batch dict")
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in data.items()}

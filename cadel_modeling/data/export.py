@@ -36,7 +36,7 @@ def export_splits(data: LongTailedData, target: str, token: Optional[str] = None
     from ..modeling.locate import is_hub_id
     if is_streamed(data.train):
         raise ConfigError("--export_dataset writes map-style splits; a streamed training split cannot be exported "
-                         "(drop --streaming)")
+                          "(drop --streaming)")
     splits = {"train": data.train, **data.splits}
     exported = DatasetDict({SPLIT_NAMES[name]: _embedded(split, data.image_column, data.label_column)
                             for name, split in splits.items() if name in SPLIT_NAMES})

@@ -124,7 +124,7 @@ def read_inat_json(path: Path) -> Tuple[List[str], np.ndarray, List[dict]]:
     for key in ("images", "annotations"):
         if key not in meta:
             raise DataError(f"{path} has no {key!r} list; is it an iNaturalist train/val JSON file? "
-                             f"(the test JSON has no labels)")
+                            f"(the test JSON has no labels)")
     category_of = {}
     for ann in meta["annotations"]:
         if ann["image_id"] in category_of:
@@ -134,7 +134,7 @@ def read_inat_json(path: Path) -> Tuple[List[str], np.ndarray, List[dict]]:
     unmatched = [i for i in image_ids if i not in category_of]
     if unmatched or len(category_of) != len(image_ids):
         raise DataError(f"{path}: image and annotation ids do not line up ({len(image_ids)} images, "
-                         f"{len(category_of)} annotations; images without annotation: {unmatched[:5]})")
+                        f"{len(category_of)} annotations; images without annotation: {unmatched[:5]})")
     labels = np.asarray([category_of[i] for i in image_ids], dtype=np.int64)
     return [im["file_name"] for im in meta["images"]], labels, meta.get("categories", [])
 

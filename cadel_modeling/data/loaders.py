@@ -51,7 +51,7 @@ class LoaderSpec:
 def per_process_batch(global_batch: int, num_processes: int, accum: int = 1) -> int:
     if global_batch % (num_processes * accum):
         raise ConfigError(f"batch_size {global_batch} is the global batch and must divide by num_processes "
-                         f"({num_processes}) x grad_accum_steps ({accum}); pick a multiple")
+                          f"({num_processes}) x grad_accum_steps ({accum}); pick a multiple")
     return global_batch // (num_processes * accum)
 
 
@@ -76,7 +76,7 @@ def build_train_loader(data, spec: LoaderSpec, num_processes: int, process_index
     if is_streamed(data.train):
         if spec.sampler != "instance":
             raise ConfigError(f"--sampler {spec.sampler} draws rows by index, which a streamed split cannot do; use "
-                             f"--sampler instance with --streaming, or turn streaming off")
+                              f"--sampler instance with --streaming, or turn streaming off")
         if process_index is None:
             from accelerate import PartialState
             process_index = PartialState().process_index
@@ -88,7 +88,7 @@ def build_train_loader(data, spec: LoaderSpec, num_processes: int, process_index
     if spec.decode_on_gpu:  # the workers only read files; the loop decodes and augments (gpu_augment.py)
         if spec.augmentation != "imagenet":
             raise ConfigError(f"--decode_on_gpu runs the 'imagenet' augmentation on the device; --augmentation "
-                             f"{spec.augmentation} runs on the CPU (drop --decode_on_gpu)")
+                              f"{spec.augmentation} runs on the CPU (drop --decode_on_gpu)")
         sampler = make_sampler(spec.sampler, label_array(data.train, data.label_column), seed=spec.seed)
         return DataLoader(EncodedImages(data.train, data.image_column, data.label_column), batch_size=batch,
                           shuffle=sampler is None, sampler=sampler, drop_last=True, collate_fn=collate_encoded,

@@ -29,8 +29,8 @@ def long_tailed_counts(n_max: int, num_classes: int, imb_factor: float, imb_type
     if counts and counts[-1] < 1:
         empty = counts.index(0)
         raise DataError(f"the long-tailed profile (n_max {n_max}, imb_factor {imb_factor:g}) leaves "
-                         f"{_name(empty, class_names)} and {counts.count(0) - 1} more without images: raise "
-                         f"--n_max to at least {int(np.ceil(imb_factor))} or lower --imb_factor to at most {n_max}")
+                        f"{_name(empty, class_names)} and {counts.count(0) - 1} more without images: raise "
+                        f"--n_max to at least {int(np.ceil(imb_factor))} or lower --imb_factor to at most {n_max}")
     return counts
 
 
@@ -49,7 +49,7 @@ def subsample_long_tailed(labels: Sequence[int], counts: Sequence[int], seed: in
         rng.shuffle(idx)
         if n + val_per_class > len(idx):
             raise DataError(f"{_name(c, class_names)} has {len(idx)} images, fewer than the {n} training + "
-                             f"{val_per_class} validation images asked for; lower --n_max or --val_per_class")
+                            f"{val_per_class} validation images asked for; lower --n_max or --val_per_class")
         train.append(idx[:n])
         val.append(idx[n:n + val_per_class])
     return np.concatenate(train), np.concatenate(val)

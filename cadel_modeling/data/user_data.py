@@ -21,7 +21,7 @@ def _check_columns(split_name: str, column_names, image_column: str, label_colum
     missing = [c for c in (image_column, label_column) if c not in column_names]
     if missing:
         raise DataError(f"{source} split {split_name!r} has no column {missing[0]!r} (columns: {list(column_names)}); "
-                         f"set --image_column / --label_column")
+                        f"set --image_column / --label_column")
 
 
 def class_names_of(feature, num_classes: int):
@@ -41,7 +41,7 @@ def _evaluation_splits(named: dict, source: str):
     """({"val", "test"}, notes): a missing one of the two stands in for the other, and the notes say so."""
     if "val" not in named and "test" not in named:
         raise DataError(f"{source} has no validation or test split to choose the checkpoint and tau on; add one "
-                         f"(imagefolder: a val/ or test/ folder with the same class folders)")
+                        f"(imagefolder: a val/ or test/ folder with the same class folders)")
     notes = []
     if "val" not in named:
         notes.append("no validation split: the checkpoint and tau are chosen on test")
@@ -83,7 +83,7 @@ def check_imagefolder_layout(root: Path) -> None:
         if loose:
             shown = ", ".join(loose[:3]) + (", ..." if len(loose) > 3 else "")
             raise DataError(f"{folder} holds images directly ({shown}); put each image in a folder named after its "
-                             f"class: {folder}/<class>/<image>")
+                            f"class: {folder}/<class>/<image>")
         classes[split] = {p.name for p in folder.iterdir() if p.is_dir()}
         if not classes[split]:
             raise DataError(f"{folder} has no class folders; the layout is {folder}/<class>/<image>")
@@ -101,8 +101,8 @@ def check_imagefolder_layout(root: Path) -> None:
         extra = sorted(found - train)
         if extra:
             raise DataError(f"{root / split} has class folders that train/ lacks: {extra[:10]}"
-                             f"{' ...' if len(extra) > 10 else ''}; every class needs training images (fix the folder "
-                             f"names, or remove those folders)")
+                            f"{' ...' if len(extra) > 10 else ''}; every class needs training images (fix the folder "
+                            f"names, or remove those folders)")
         missing = sorted(train - found)
         if missing:
             logger.warning("%s has no images of %d classes (%s%s); their per-class accuracy on it is missing",
@@ -140,7 +140,7 @@ def make_long_tailed(data, opts):
     n_max = opts.n_max or int(available.min()) - carve
     if n_max < 1:
         raise DataError(f"the smallest class has {int(available.min())} training images, too few to keep "
-                         f"{carve} for validation; lower --val_per_class or pass --n_max")
+                        f"{carve} for validation; lower --val_per_class or pass --n_max")
     counts = long_tailed_counts(n_max, data.num_classes, opts.imb_factor, opts.imb_type, data.class_names)
     train_idx, val_idx = subsample_long_tailed(labels, counts, seed=opts.seed, val_per_class=carve,
                                                class_names=data.class_names)
@@ -209,7 +209,7 @@ def build_hub(opts):
     path = opts.hub_dataset_id
     if not path:
         raise DataError("--dataset hub needs --hub_dataset_id: a Hub dataset id (e.g. 'user/name') or a local "
-                         "dataset folder, with --image_column / --label_column naming its columns")
+                        "dataset folder, with --image_column / --label_column naming its columns")
     saved = Path(path, "dataset_dict.json").is_file() or Path(path, "state.json").is_file()
     if opts.streaming and not saved:
         if opts.imb_factor is not None:

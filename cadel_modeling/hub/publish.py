@@ -132,7 +132,7 @@ def push_to_hub(path, repo_id: Optional[str] = None, *, private: bool = False, t
     if card_path is None:
         if in_hub_cache(folders.run_dir):
             raise ConfigError(f"{folders.run_dir} is in the Hugging Face cache, where the model card must not be "
-                             f"written: pass card_path (e.g. your output_dir/README.md)")
+                              f"written: pass card_path (e.g. your output_dir/README.md)")
         card_path = folders.run_dir / "README.md"
     card_path = Path(card_path)
     repo_id = repo_id or folders.run_dir.name

@@ -52,8 +52,8 @@ def build_model(cfg, data) -> CadelForImageClassification:
         if not cfg.pretrained:
             raise
         raise ModelError(f"could not fetch timm's pretrained weights for {cfg.backbone!r} from the Hugging Face Hub "
-                      f"({type(exc).__name__}); go online or pre-download them into the cache, or pass --pretrained "
-                      f"false (optionally with --pretrained_checkpoint FILE)") from exc
+                         f"({type(exc).__name__}); go online or pre-download them into the cache, or pass --pretrained "
+                         f"false (optionally with --pretrained_checkpoint FILE)") from exc
     if cfg.pretrained_checkpoint:
         load_pretrained_checkpoint(model, cfg.pretrained_checkpoint)
     if cfg.init_from:

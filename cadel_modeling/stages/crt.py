@@ -120,7 +120,7 @@ def retrain_classifiers(opts: CRTOptions, accelerator, model: CadelForImageClass
     """
     if is_streamed(data.train):
         raise ConfigError("stage2_method crt needs a map-style training split to sample class-balanced from; "
-                         "run it with --streaming false")
+                          "run it with --streaming false")
     num_exits = len(model.aux_exits) + 1
     settings = opts.record(num_exits)
     exits, rule = settings["exits"], model.config.resolved_inference_rule
@@ -150,7 +150,7 @@ def retrain_classifiers(opts: CRTOptions, accelerator, model: CadelForImageClass
     steps = len(index_loader)
     if steps == 0:
         raise ConfigError(f"crt batch size {settings['batch_size']} is larger than the training split "
-                         f"({len(train_labels)} images); lower it")
+                          f"({len(train_labels)} images); lower it")
 
     def val_top1_with(classifiers) -> float:
         logits = stage1_val_logits.clone()

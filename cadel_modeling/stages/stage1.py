@@ -165,7 +165,7 @@ def run(cfg: RunConfig) -> dict:
         steps_per_epoch = len(train_loader) // cfg.grad_accum_steps
     if steps_per_epoch == 0:
         raise ConfigError(f"batch_size {cfg.batch_size} is larger than the training split "
-                         f"({data.num_train_images} images); lower --batch_size")
+                          f"({data.num_train_images} images); lower --batch_size")
     loss_fn = CascadeLoss(cfg.bins, cfg.gamma, cfg.base_weight, cfg.weight_mode, cfg.resolved_base_loss(),
                           class_counts=data.class_counts).to(accelerator.device)
     net = accelerator.unwrap_model(model)

@@ -122,7 +122,7 @@ def run(cfg: RunConfig) -> dict:
         data = build_datasets(DataOptions.from_config(cfg))
     if "val" not in data.splits:
         raise ConfigError(f"stage 2 chooses tau, epochs and exit weights on a 'val' split, which {cfg.dataset} "
-                         f"lacks; give the dataset a validation split (e.g. --val_per_class)")
+                          f"lacks; give the dataset a validation split (e.g. --val_per_class)")
     model = load_model(model_dir)
     check_model_matches_data(model.config, data, str(model_dir))
     main_exits = selected_exits(len(model.aux_exits) + 1, model.config.resolved_inference_rule, cfg.eval_exits)
@@ -149,7 +149,7 @@ def run(cfg: RunConfig) -> dict:
     step = cfg.exit_weight_step
     if cfg.select_inference_rule and not step:
         raise ConfigError("--select_inference_rule chooses among the rules and the learned exit weights: it needs "
-                         "--exit_weight_step > 0")
+                          "--exit_weight_step > 0")
     ensemble = search_exit_weights(val_logits.to(accelerator.device), val_labels, counts, grid, step, rule) \
         if step else None
     summary = {"method": cfg.stage2_method, "command": command_line(),

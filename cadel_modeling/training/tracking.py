@@ -38,7 +38,7 @@ def resolve_trackers(report_to: str) -> List[str]:
     unknown = [n for n in names if n not in TRACKERS]
     if unknown:
         raise ConfigError(f"--report_to {','.join(unknown)}: not a tracker; choose from none, all, "
-                         f"{', '.join(TRACKERS)} (comma-separated)")
+                          f"{', '.join(TRACKERS)} (comma-separated)")
     missing = [n for n in names if not installed(n)]
     if missing:
         how = " ".join(f"'{EXTRAS.get(n, n)}'" for n in missing)
