@@ -1,9 +1,13 @@
 """What the commands share: read the flags (on top of the model's own settings for stage 2 and evaluation), run the
 stage, and turn a failure into one line that says what is wrong and an exit code a scheduler can act on.
 
-Exit codes: 0 done; 1 unexpected error (traceback shown); 2 bad input (config, data, checkpoint, model: one line,
-the traceback in the run's log or a temporary file, or on screen with ``--debug``); 3 training diverged (non-finite
-loss); 4 the Hub upload failed (every local file kept); 75 preempted by a signal (checkpoint written: resume).
+Exit codes: 0 done; 1 internal error (a bug: one line pointing at the traceback); 2 bad input (cadel's
+``UserError`` types only: config, data, checkpoint, model, output folder; one line); 3 training diverged (non-finite
+loss); 4 the Hub upload failed (every local file kept); 75 preempted by a signal (checkpoint written: resume). The
+traceback goes to the run's log or a temporary file (on screen with ``--debug``).
+
+The command holds its run folder's lock (``utils/run_lock.py``) from before anything is written until it exits. A
+stage-1 run that fails before its first checkpoint leaves nothing behind: its folder is not claimed.
 """
 from __future__ import annotations
 
@@ -13,16 +17,18 @@ import os
 import sys
 import tempfile
 import traceback
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Optional, Sequence
 
 from .config import ConfigError, RunConfig, load_run_config, parse_config, print_preset_listing
 from .config.schema import EVALUATE, STAGE1, STAGE2
+from .utils.errors import MissingInputError
+from .utils.logging import close_log_file
+from .utils.run_lock import RunLock
 
-EXIT_ERROR, EXIT_USAGE = 1, 2
+EXIT_ERROR = 1
 STAGE_MODULES = {STAGE1: "stage1", STAGE2: "stage2", EVALUATE: "evaluation"}
-USER_ERRORS = (ConfigError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError,
-               ImportError)
 
 
 def resolve_config(command: str, argv: Sequence[str], description: str) -> RunConfig:
@@ -37,7 +43,7 @@ def resolve_config(command: str, argv: Sequence[str], description: str) -> RunCo
             raise ConfigError("--stage1_dir is required: the stage-1 output_dir to start from")
         model_dir = Path(first.stage1_dir) / "best_model"
         if not (model_dir / "config.json").is_file():
-            raise FileNotFoundError(f"{model_dir} holds no model: run stage 1 with --output_dir {first.stage1_dir} "
+            raise MissingInputError(f"{model_dir} holds no model: run stage 1 with --output_dir {first.stage1_dir} "
                                     f"first (or point --stage1_dir at a stage-1 run folder)")
         base = load_run_config(run_config_path(model_dir))
     else:
@@ -53,7 +59,7 @@ def _record_traceback(exc: BaseException) -> Path:
     """The traceback into the run's log file when the run has one, else a temporary file; returns where."""
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.FileHandler):
+        if isinstance(handler, logging.FileHandler) and getattr(handler, "cadel", False):  # the run's, not a host's
             handler.stream.write(text)
             handler.flush()
             return Path(handler.baseFilename)
@@ -61,6 +67,37 @@ def _record_traceback(exc: BaseException) -> Path:
     with os.fdopen(fd, "w") as fh:
         fh.write(text)
     return Path(path)
+
+
+def message(exc: BaseException) -> str:
+    """The message of ``exc``. An error raised in a DataLoader worker reaches us with the worker's whole traceback in
+    its message: its last line is the error itself."""
+    text = str(exc).strip()
+    if "Original Traceback" in text:
+        text = text.splitlines()[-1].split(": ", 1)[-1]
+    return text or type(exc).__name__
+
+
+def run_folder(command: str, cfg: RunConfig) -> Path:
+    """The folder a command writes into, whose lock it holds: the stage-1 run folder for stage 1 and stage 2 (its
+    ``stage2_*`` lives there); for evaluation the run folder of a local model, or output_dir for a Hub model."""
+    if command == STAGE1:
+        return Path(cfg.output_dir)
+    if command == STAGE2:
+        return Path(cfg.stage1_dir)
+    if not Path(cfg.eval_model).is_dir():
+        return Path(cfg.output_dir)
+    from .hub.run_folders import RunFolders
+    return RunFolders.locate(cfg.eval_model).run_dir
+
+
+def _unclaim(lock: RunLock) -> None:
+    """A stage-1 run that started in an empty folder and failed before its first checkpoint has nothing to resume:
+    remove what it wrote, so that the folder is not claimed and the corrected command runs there."""
+    from .training.checkpointing import list_checkpoints
+    if lock.found_empty and not list_checkpoints(lock.folder):
+        close_log_file()  # the traceback then goes to a temporary file
+        lock.discard_written()
 
 
 def run_command(command: str, description: str, argv: Optional[Sequence[str]] = None) -> int:
@@ -72,18 +109,30 @@ def run_command(command: str, description: str, argv: Optional[Sequence[str]] = 
     from .training.preemption import die_with_parent, started_by_a_launcher
     if started_by_a_launcher():  # never outlive it
         die_with_parent()
+    lock = None
     try:
         cfg = resolve_config(command, argv, description)
         stage = importlib.import_module(f".stages.{STAGE_MODULES[command]}", __package__)
-        stage.run(cfg)
+        if os.environ.get("RANK", "0") == "0":  # one lock per run, held by the main process
+            lock = RunLock(run_folder(command, cfg), what=f"cadel {command}")
+        with lock or nullcontext():
+            try:
+                stage.run(cfg)
+            except Exception:
+                if command == STAGE1 and lock is not None:
+                    _unclaim(lock)
+                raise
         return 0
-    except Exception as exc:  # noqa: BLE001 - sorted below: known outcomes get a line and a code
+    except Exception as exc:  # noqa: BLE001 - sorted below: every outcome gets a line and a code
         code = getattr(exc, "exit_code", None)
-        if code is None and not isinstance(exc, USER_ERRORS):
-            raise
         where = _record_traceback(exc)
         if debug:
             traceback.print_exception(type(exc), exc, exc.__traceback__)
-        print(f"{'stopped' if code == 75 else 'error'}: {exc}\n(details: {where}"
-              f"{'' if debug else '; --debug shows them here'})", file=sys.stderr)
-        return code if code is not None else EXIT_USAGE
+        details = f"(details: {where}{'' if debug else '; --debug shows them here'})"
+        if code is None:
+            print(f"internal error: {type(exc).__name__}: {message(exc).splitlines()[0]}\nThis is a bug in cadel or a "
+                  f"library it uses, not a problem with your input; please report it with the traceback {details}",
+                  file=sys.stderr)
+            return EXIT_ERROR
+        print(f"{'stopped' if code == 75 else 'error'}: {message(exc)}\n{details}", file=sys.stderr)
+        return code

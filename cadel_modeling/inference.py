@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .data.loaders import LoaderSpec, build_eval_loader
+from .utils.errors import ModelError
 from .utils.logging import progress
 
 
@@ -44,7 +45,7 @@ def process_invariant_loader(data, split: str, spec: LoaderSpec, num_processes: 
     outputs, and every number made from them, are bitwise those of one process.
     """
     if split not in data.splits:
-        raise ValueError(f"split {split!r} does not exist for this dataset; available: {sorted(data.splits)}")
+        raise ModelError(f"split {split!r} does not exist for this dataset; available: {sorted(data.splits)}")
     dataset = data.splits[split]
     size = len(dataset)
     per_round = spec.eval_batch_size * num_processes
@@ -63,17 +64,17 @@ def check_model_matches_data(model_config, data, where: str) -> None:
     """A model trained on other data would give silently wrong numbers: compare classes (names and count) and
     training counts."""
     if model_config.num_labels != data.num_classes:
-        raise ValueError(f"{where} was trained for {model_config.num_labels} classes but the dataset has "
+        raise ModelError(f"{where} was trained for {model_config.num_labels} classes but the dataset has "
                          f"{data.num_classes}; evaluate it on the dataset it was trained on (--dataset/--data_dir)")
     names = [str(model_config.id2label[i]) for i in range(model_config.num_labels)]
     differing = [(i, a, b) for i, (a, b) in enumerate(zip(names, map(str, data.class_names))) if a != b]
     if differing and not all(a == f"LABEL_{i}" for i, a, _ in differing):
         shown = ", ".join(f"class {i}: model {a!r} vs data {b!r}" for i, a, b in differing[:3])
-        raise ValueError(f"{where} was trained on other classes than this dataset has ({len(differing)} names "
+        raise ModelError(f"{where} was trained on other classes than this dataset has ({len(differing)} names "
                          f"differ; {shown}); evaluate it on the dataset it was trained on")
     counts = model_config.class_counts
     if counts is not None and list(counts) != list(data.class_counts):
         diff = next(i for i, (a, b) in enumerate(zip(counts, data.class_counts)) if a != b)
-        raise ValueError(f"{where} was trained with other per-class counts than this dataset's training split "
+        raise ModelError(f"{where} was trained with other per-class counts than this dataset's training split "
                          f"(class {diff} {names[diff]!r}: {counts[diff]} vs {data.class_counts[diff]}); a different "
                          f"dataset, imbalance factor or seed? Use the settings of its run_config.yaml")

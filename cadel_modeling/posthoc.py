@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from .modeling.heads import adjust_logits, combine_exits, weighted_scores
+from .utils.errors import ConfigError
 
 # The original's grids (stage-2 scripts): CNN ImageNet-LT / iNat18, Places-LT ResNet-152, and ViT.
 TAU_GRIDS = {"cnn": [0.9, 1.0, 1.1, 1.2, 1.3, 1.4, 1.5], "places_cnn": [0.9, 1.0, 1.1, 1.2, 1.3, 1.4],
@@ -32,8 +33,8 @@ def selected_exits(num_exits: int, rule: str, exits: Optional[Sequence[int]] = N
     if exits:
         bad = [k for k in exits if not (isinstance(k, int) and 1 <= k <= num_exits)]
         if bad or len(set(exits)) != len(exits):
-            raise ValueError(f"eval_exits {list(exits)} must be distinct exit numbers in 1..{num_exits} "
-                             f"(1 = shallowest, {num_exits} = the backbone's own exit)")
+            raise ConfigError(f"eval_exits {list(exits)} must be distinct exit numbers in 1..{num_exits} "
+                              f"(1 = shallowest, {num_exits} = the backbone's own exit)")
         return tuple(exits)
     return (num_exits,) if rule == "last" else tuple(range(1, num_exits + 1))
 
@@ -68,7 +69,7 @@ def pick_tau(sweep: List[Dict[str, float]]) -> float:
 def simplex_grid(num_exits: int, step: float) -> List[Tuple[float, ...]]:
     """Every weighting with weights in ``{0, step, 2*step, .., 1}`` summing to 1 (66 points for 3 exits, step 0.1)."""
     if not step > 0 or abs(round(1 / step) * step - 1) > 1e-9:
-        raise ValueError(f"exit weight grid step {step} must be 1/m for a whole m (0.1, 0.125, 0.25, ..)")
+        raise ConfigError(f"exit weight grid step {step} must be 1/m for a whole m (0.1, 0.125, 0.25, ..)")
     parts = round(1 / step)
     return [tuple(i / parts for i in combo) for combo in itertools.product(range(parts + 1), repeat=num_exits)
             if sum(combo) == parts]

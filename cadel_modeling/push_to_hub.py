@@ -19,7 +19,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--revision", default=None, help="branch to push to (created if missing)")
     parser.add_argument("--commit_message", default=None, help="commit message")
     parser.add_argument("--license", default="other", help="licence in the model card (the data's terms bind too)")
-    parser.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN or the saved login)")
+    parser.add_argument("--token", default=None, help="Hub token; prefer HF_TOKEN or `huggingface-cli login` (the "
+                        "default): a token typed here shows in ps and the shell history")
     parser.add_argument("--eval_dir", action="append", default=[], help="an extra eval_<split> folder to upload")
     parser.add_argument("--card_path", default=None, help="where to write README.md (default: in the model folder)")
     args = parser.parse_args(argv)

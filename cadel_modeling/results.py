@@ -14,6 +14,7 @@ import torch
 from .metrics import compute_long_tail_metrics, plot_per_class_accuracy, write_per_class_csv
 from .modeling.heads import weighted_scores
 from .posthoc import ensemble_scores, selected_exits, selection_name
+from .utils.errors import DataError
 from .utils.io import write_json
 
 TEST_AGNOSTIC_RATIOS = (50, 25, 10, 5, 2)  # SADE's imbalance ratios of the shifted test distributions
@@ -69,8 +70,8 @@ def shifted_test_subsets(labels: torch.Tensor, class_counts: Sequence[int],
     per_class = torch.bincount(labels, minlength=num_classes)
     n = int(per_class.min())
     if n == 0:
-        raise ValueError(f"the test-agnostic protocol needs every class in the split; class {int(per_class.argmin())} "
-                         f"has no image. Use a balanced split (test) or turn the protocol off")
+        raise DataError(f"the test-agnostic protocol needs every class in the split; class {int(per_class.argmin())} "
+                        f"has no image. Use a balanced split (test) or turn the protocol off")
     rank = torch.empty(num_classes, dtype=torch.float64)
     rank[torch.argsort(-torch.as_tensor(class_counts), stable=True)] = torch.arange(num_classes, dtype=torch.float64)
     shuffled = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))

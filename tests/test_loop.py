@@ -99,7 +99,8 @@ def test_step_lines_and_tracker_scalars_every_log_every_steps(caplog):
     with caplog.at_level("INFO", logger="cadel"):
         for step, loss in losses.items():
             logger(StepRecord(epoch=1 + (step > 3), step_in_epoch=(step - 1) % 3, global_step=step, lr=0.1,
-                              skipped=step == 3, stop=False, loss=loss, mean_weights=[1.0, 2.0]))
+                              T=annealing_T(1 + (step > 3), 2), skipped=step == 3, stop=False, loss=loss,
+                              mean_weights=[1.0, 2.0]))
     # step 2: 2 steps in 2 s = 8 img/s, ETA 4 steps at 1 step/s; step 4: 2 steps in 1 s, 4 steps in 3 s overall
     assert [r.getMessage() for r in caplog.records] == [
         "epoch 1/2 step 2/6 loss 2.0000 lr 0.1 8.0 img/s ETA 0:04",

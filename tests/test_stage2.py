@@ -16,7 +16,8 @@ from conftest import FASHION_MNIST_DIR
 EVAL_BATCH = 64
 ARGS = ["--config", "fashion_mnist_lt", "--n_max", "60", "--val_per_class", "10", "--imb_factor", "20",
         "--backbone", "test_resnet", "--batch_size", "32", "--eval_batch_size", str(EVAL_BATCH)]
-STAGE2_ARGS = ["--crt_epochs", "3", "--crt_lr", "0.1", "--tau_grid", "[0.0, 0.5, 1.0, 1.5]"]
+# every test re-runs stage 2 on one stage-1 folder: each run replaces the previous stage-2 result
+STAGE2_ARGS = ["--crt_epochs", "3", "--crt_lr", "0.1", "--tau_grid", "[0.0, 0.5, 1.0, 1.5]", "--overwrite_output_dir"]
 TEST_IMAGES = 150
 
 

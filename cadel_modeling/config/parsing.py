@@ -56,8 +56,9 @@ LIMITS = {
     "exit_weight_step": (lambda v: 0 <= v <= 1, "between 0 (off) and 1"),
     "select_rule_confidence": (lambda v: 0 <= v <= 1, "a fraction between 0 and 1 (0.95: ahead in 95% of resamples)"),
     "select_rule_resamples": (lambda v: v >= 1, "at least 1 (1000 is plenty)"),
-    "tau_grid": (lambda v: len(v) > 0 and all(isinstance(t, (int, float)) and not isinstance(t, bool) for t in v),
-                 "a non-empty list of numbers"),
+    "tau_grid": (lambda v: len(v) > 0 and all(isinstance(t, (int, float)) and not isinstance(t, bool) and t >= 0
+                                              for t in v),
+                 "a non-empty list of numbers, each 0 or more (tau scales the log prior: -1 would favour the head)"),
 }
 
 

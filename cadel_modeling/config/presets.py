@@ -10,13 +10,10 @@ from typing import Dict, List
 
 import yaml
 
+from ..utils.errors import ConfigError
 from .paper import paper_model_name, paper_result
 
 PRESET_DIR = Path(__file__).parent / "presets"
-
-
-class ConfigError(ValueError):
-    """A configuration problem the user has to fix (unknown key, wrong type, missing preset, bad YAML)."""
 
 
 def preset_names() -> List[str]:

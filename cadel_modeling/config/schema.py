@@ -14,6 +14,8 @@ from typing import Optional, Sequence
 
 import yaml
 
+from ..utils.secrets import without_secrets
+
 STAGE1, STAGE2, EVALUATE = "stage1", "stage2", "evaluate"
 ALL = (STAGE1, STAGE2, EVALUATE)
 # group -> (title shown in --help, the commands that take its flags)
@@ -50,8 +52,10 @@ class RunConfig:
     output_dir: str = _f("runs/fashion_mnist_lt", "Run", "where checkpoints, logs, configs and results go",
                          commands=(STAGE1, EVALUATE))
     seed: int = _f(0, "Run", "seed of data order, augmentation, mixup and initialisation")
-    overwrite_output_dir: bool = _f(False, "Run", "start over in a used output_dir (removes the previous run's files)")
+    overwrite_output_dir: bool = _f(False, "Run", "start over in a used output_dir; stage 2: replace stage2_<method>",
+                                    commands=(STAGE1, STAGE2))
     resume_from_checkpoint: Optional[str] = _f(None, "Run", "'latest' or a checkpoint folder to resume from")
+    allow_changed_config: bool = _f(False, "Run", "resume with changed lr, seed, data, ... (recorded in run_info.json)")
     checkpointing_steps: Optional[int] = _f(None, "Run", "also checkpoint every N optimizer steps (always per epoch; "
                                             "'epoch' = per epoch only)")
     keep_last_checkpoints: int = _f(2, "Run", "resumable checkpoints to keep", aliases=("save_total_limit",))
@@ -77,7 +81,8 @@ class RunConfig:
                           "(ImageNet, iNat and Places are research-only)")
     hub_revision: Optional[str] = _f(None, "Hub", "branch to push to (created if missing; default main)")
     hub_commit_message: Optional[str] = _f(None, "Hub", "commit message of the upload")
-    hub_token: Optional[str] = _f(None, "Hub", "Hub token (default: HF_TOKEN or the saved login); never saved")
+    hub_token: Optional[str] = _f(None, "Hub", "prefer HF_TOKEN or `huggingface-cli login` (not in ps); never "
+                                  "saved, shown ***")
     # ---------------------------------------------------------------- data
     dataset: str = _f("fashion_mnist_lt", "Dataset", "dataset builder", ["fashion_mnist_lt", "imagenet_lt",
                       "places_lt", "inat18", "cifar10_lt", "cifar100_lt", "imagefolder", "hub"])
@@ -208,6 +213,8 @@ class RunConfig:
     run_id: Optional[str] = _f(None, "Internal", "set by stage 1: which run a config, model or checkpoint belongs to")
     dropped_preset_keys: Optional[dict] = _f(None, "Internal", "set by the parser: the preset's dataset-only keys "
                                              "left out because the run reads other data")
+    schedule_epochs: Optional[int] = _f(None, "Internal", "set by stage 1: the epochs the T and lr schedules span "
+                                        "(the run's first --epochs; a longer run holds their final values after)")
 
     # -- helpers -----------------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -216,7 +223,7 @@ class RunConfig:
     def save(self, path: os.PathLike) -> None:
         """Write the fully resolved config (the token never), so a run can be repeated from its own folder."""
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        data = {**self.to_dict(), "hub_token": None}
+        data = without_secrets(self.to_dict())
         tmp = Path(str(path) + ".tmp")
         with open(tmp, "w") as fh:
             yaml.safe_dump(data, fh, sort_keys=False)

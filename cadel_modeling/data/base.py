@@ -9,6 +9,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from ..utils.errors import DataError, MissingInputError
 from .decoding import CONSTANT_CHECK_IMAGES, UnreadableImageError, constant_images, load_image
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, SkipCounter, undecoded
 
@@ -85,7 +86,7 @@ def validate_labels(labels: Sequence[int], num_classes: int, split: str) -> None
     labels = np.asarray(labels)
     bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
     if len(bad):
-        raise ValueError(f"{split}: {len(bad)} labels outside [0, {num_classes}), first at rows "
+        raise DataError(f"{split}: {len(bad)} labels outside [0, {num_classes}), first at rows "
                          f"{bad[:5].tolist()} (values {labels[bad[:5]].tolist()}); fix the label list or num_classes")
 
 
@@ -105,7 +106,7 @@ def check_image_files(dataset, image_column: str, split: str) -> None:
     paths = local_image_paths(dataset, image_column)
     missing = [p for p in paths if not os.path.exists(p)]
     if missing:
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"{split}: {len(missing)} of {len(paths)} image files are missing, first: {missing[:MISSING_SHOWN]}. "
             f"Check --data_dir (the image root the split list paths are relative to) or remove their list lines")
 

@@ -14,6 +14,7 @@ from typing import Optional
 
 import numpy as np
 
+from ..utils.errors import DataError, MissingInputError
 from .long_tail import long_tailed_counts, subsample_long_tailed
 from .transforms import CIFAR_MEAN, CIFAR_STD
 
@@ -48,10 +49,10 @@ def _unpickle(path: Path) -> dict:
         with open(path, "rb") as fh:
             data = DataOnlyUnpickler(fh, encoding="bytes").load()
     except (pickle.UnpicklingError, EOFError, ValueError) as exc:
-        raise ValueError(f"{path} is not a CIFAR python batch file ({exc}); it was refused without running it. "
-                         f"Download the python version from www.cs.toronto.edu/~kriz/cifar.html again") from exc
+        raise DataError(f"{path} is not a CIFAR python batch file ({exc}); it was refused without running it. "
+                        f"Download the python version from www.cs.toronto.edu/~kriz/cifar.html again") from exc
     if not isinstance(data, dict):
-        raise ValueError(f"{path} holds a {type(data).__name__}, not a CIFAR batch dict")
+        raise DataError(f"{path} holds a {type(data).__name__}, not a CIFAR batch dict")
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in data.items()}
 
 
@@ -62,7 +63,7 @@ def find_pickles(spec: dict, data_dir) -> Optional[Path]:
     for folder in (Path(data_dir) / spec["folder"], Path(data_dir)):
         if (folder / spec["meta"]).is_file():
             return folder
-    raise FileNotFoundError(f"no {spec['title']} pickles ({spec['folder']}/{spec['meta']}, {spec['train'][0]}, ...) in "
+    raise MissingInputError(f"no {spec['title']} pickles ({spec['folder']}/{spec['meta']}, {spec['train'][0]}, ...) in "
                             f"{data_dir}; download the python version from www.cs.toronto.edu/~kriz/cifar.html and "
                             f"extract it there, or drop --data_dir to read {spec['hub']} from the Hub")
 
@@ -110,7 +111,7 @@ def build_cifar_lt(cfg, name: str):
         try:
             hub = load_dataset(spec["hub"])
         except Exception as exc:  # noqa: BLE001 - offline, blocked or missing: say where the files go instead
-            raise FileNotFoundError(
+            raise MissingInputError(
                 f"{spec['title']} not found: download the python version from www.cs.toronto.edu/~kriz/cifar.html and "
                 f"pass --data_dir holding {spec['folder']}/ ({spec['meta']}, {', '.join(spec['train'][:2])}, ..., "
                 f"{spec['test'][0]}); the Hub dataset {spec['hub']} could not be loaded either "

@@ -22,6 +22,8 @@ import numpy as np
 from PIL import ExifTags, ImageOps
 from PIL import Image as PILImage
 
+from ..utils.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
@@ -30,7 +32,7 @@ TRANSPOSED = (5, 6, 7, 8)                   # EXIF orientations that swap width 
 CONSTANT_CHECK_IMAGES = 8                   # images per split that ``constant_images`` decodes
 
 
-class UnreadableImageError(RuntimeError):
+class UnreadableImageError(UserError, RuntimeError):
     """An image file that is missing, truncated or not an image."""
 
 

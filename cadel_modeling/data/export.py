@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+from ..utils.errors import ConfigError
 from .base import LongTailedData, is_streamed
 from .transforms import undecoded
 
@@ -34,8 +35,8 @@ def export_splits(data: LongTailedData, target: str, token: Optional[str] = None
 
     from ..modeling.locate import is_hub_id
     if is_streamed(data.train):
-        raise ValueError("--export_dataset writes map-style splits; a streamed training split cannot be exported "
-                         "(drop --streaming)")
+        raise ConfigError("--export_dataset writes map-style splits; a streamed training split cannot be exported "
+                          "(drop --streaming)")
     splits = {"train": data.train, **data.splits}
     exported = DatasetDict({SPLIT_NAMES[name]: _embedded(split, data.image_column, data.label_column)
                             for name, split in splits.items() if name in SPLIT_NAMES})

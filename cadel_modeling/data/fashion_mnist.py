@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..utils.errors import MissingInputError
 from .long_tail import long_tailed_counts, subsample_long_tailed
 
 DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
@@ -34,7 +35,7 @@ def _find_idx_dir(data_dir):
                      for n in ("train-images-idx3-ubyte", "t10k-images-idx3-ubyte")):
             return Path(d)
     if data_dir:
-        raise FileNotFoundError(f"no Fashion-MNIST idx files in {data_dir}: it should hold "
+        raise MissingInputError(f"no Fashion-MNIST idx files in {data_dir}: it should hold "
                                 f"{', '.join(f + '.gz' for f in IDX_FILES)} (or the same without .gz)")
     return None
 
@@ -52,7 +53,7 @@ def _load_arrays(data_dir):
     try:
         hub = load_dataset(HUB_ID)
     except Exception as exc:  # noqa: BLE001 - offline, blocked or missing: say where the files go instead
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"Fashion-MNIST not found: put {', '.join(f + '.gz' for f in IDX_FILES)} in --data_dir (or run apt-get "
             f"install dataset-fashion-mnist, which puts them in {DEBIAN_DIR}); the Hub dataset {HUB_ID} could not "
             f"be loaded either ({type(exc).__name__})") from exc

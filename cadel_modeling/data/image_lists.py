@@ -13,6 +13,7 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
+from ..utils.errors import DataError, MissingInputError
 from .transforms import INAT_MEAN, INAT_STD
 
 OLTR_LISTS = ("the OLTR split lists (github.com/zhmiao/OpenLongTailRecognition-OLTR, linked from its README; also in "
@@ -34,13 +35,13 @@ def image_root(cfg) -> str:
 def find_file(data_dir, filename: str, what: str, source: str) -> Path:
     """``filename`` in ``data_dir`` or a sub-folder, or an error saying what the file is and where to get it."""
     if not data_dir:
-        raise FileNotFoundError(f"{what} needs --data_dir: the folder holding {filename}. Get {source}")
+        raise MissingInputError(f"{what} needs --data_dir: the folder holding {filename}. Get {source}")
     root = Path(data_dir)
     candidates = [root / filename] + sorted(root.glob(f"*/{filename}"))
     for path in candidates:
         if path.is_file():
             return path
-    raise FileNotFoundError(f"{what}: {filename} not found in {root} or its sub-folders. Get {source}")
+    raise MissingInputError(f"{what}: {filename} not found in {root} or its sub-folders. Get {source}")
 
 
 def read_split_list(path: Path) -> Tuple[List[str], np.ndarray]:
@@ -52,11 +53,11 @@ def read_split_list(path: Path) -> Tuple[List[str], np.ndarray]:
                 continue
             parts = line.rsplit(None, 1)
             if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
-                raise ValueError(f"{path}:{number}: expected '<relative image path> <integer label>', got {line!r}")
+                raise DataError(f"{path}:{number}: expected '<relative image path> <integer label>', got {line!r}")
             paths.append(parts[0].lstrip("/"))
             labels.append(int(parts[1]))
     if not paths:
-        raise ValueError(f"{path} is empty; expected '<relative image path> <integer label>' per line")
+        raise DataError(f"{path} is empty; expected '<relative image path> <integer label>' per line")
     return paths, np.asarray(labels, dtype=np.int64)
 
 
@@ -95,7 +96,7 @@ def build_split_list_dataset(name: str, data_dir, root):
         lists[split] = read_split_list(find_file(data_dir, filename, f"{spec['title']} {split} split list", source))
     num_classes = int(max(labels.max() for _, labels in lists.values())) + 1
     if not root or not Path(root).is_dir():
-        raise FileNotFoundError(f"{spec['title']} image root {root!r} is not a folder; the split lists name images "
+        raise MissingInputError(f"{spec['title']} image root {root!r} is not a folder; the split lists name images "
                                 f"relative to it: get {spec['images']}")
     datasets = {split: path_dataset(root, paths, labels) for split, (paths, labels) in lists.items()}
     train_paths, train_labels = lists["train"]
@@ -122,18 +123,18 @@ def read_inat_json(path: Path) -> Tuple[List[str], np.ndarray, List[dict]]:
         meta = json.load(fh)
     for key in ("images", "annotations"):
         if key not in meta:
-            raise ValueError(f"{path} has no {key!r} list; is it an iNaturalist train/val JSON file? "
-                             f"(the test JSON has no labels)")
+            raise DataError(f"{path} has no {key!r} list; is it an iNaturalist train/val JSON file? "
+                            f"(the test JSON has no labels)")
     category_of = {}
     for ann in meta["annotations"]:
         if ann["image_id"] in category_of:
-            raise ValueError(f"{path}: image id {ann['image_id']} has more than one annotation")
+            raise DataError(f"{path}: image id {ann['image_id']} has more than one annotation")
         category_of[ann["image_id"]] = ann["category_id"]
     image_ids = [im["id"] for im in meta["images"]]
     unmatched = [i for i in image_ids if i not in category_of]
     if unmatched or len(category_of) != len(image_ids):
-        raise ValueError(f"{path}: image and annotation ids do not line up ({len(image_ids)} images, "
-                         f"{len(category_of)} annotations; images without annotation: {unmatched[:5]})")
+        raise DataError(f"{path}: image and annotation ids do not line up ({len(image_ids)} images, "
+                        f"{len(category_of)} annotations; images without annotation: {unmatched[:5]})")
     labels = np.asarray([category_of[i] for i in image_ids], dtype=np.int64)
     return [im["file_name"] for im in meta["images"]], labels, meta.get("categories", [])
 

@@ -12,6 +12,7 @@ from typing import Optional
 import torch
 from torch.utils.data import DataLoader
 
+from ..utils.errors import ConfigError
 from .base import is_streamed, label_array
 from .gpu_augment import EncodedImages, collate_encoded
 from .samplers import make_sampler
@@ -50,8 +51,8 @@ class LoaderSpec:
 
 def per_process_batch(global_batch: int, num_processes: int, accum: int = 1) -> int:
     if global_batch % (num_processes * accum):
-        raise ValueError(f"batch_size {global_batch} is the global batch and must divide by num_processes "
-                         f"({num_processes}) x grad_accum_steps ({accum}); pick a multiple")
+        raise ConfigError(f"batch_size {global_batch} is the global batch and must divide by num_processes "
+                          f"({num_processes}) x grad_accum_steps ({accum}); pick a multiple")
     return global_batch // (num_processes * accum)
 
 
@@ -76,8 +77,8 @@ def build_train_loader(data, spec: LoaderSpec, num_processes: int, process_index
     policy = {"bad_image_policy": spec.bad_image_policy, "skipped": data.skipped_images}
     if is_streamed(data.train):
         if spec.sampler != "instance":
-            raise ValueError(f"--sampler {spec.sampler} draws rows by index, which a streamed split cannot do; use "
-                             f"--sampler instance with --streaming, or turn streaming off")
+            raise ConfigError(f"--sampler {spec.sampler} draws rows by index, which a streamed split cannot do; use "
+                              f"--sampler instance with --streaming, or turn streaming off")
         if process_index is None:
             from accelerate import PartialState
             process_index = PartialState().process_index
@@ -88,8 +89,8 @@ def build_train_loader(data, spec: LoaderSpec, num_processes: int, process_index
                           persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
     if spec.decode_on_gpu:  # the workers only read files; the loop decodes and augments (gpu_augment.py)
         if spec.augmentation != "imagenet":
-            raise ValueError(f"--decode_on_gpu runs the 'imagenet' augmentation on the device; --augmentation "
-                             f"{spec.augmentation} runs on the CPU (drop --decode_on_gpu)")
+            raise ConfigError(f"--decode_on_gpu runs the 'imagenet' augmentation on the device; --augmentation "
+                              f"{spec.augmentation} runs on the CPU (drop --decode_on_gpu)")
         sampler = make_sampler(spec.sampler, label_array(data.train, data.label_column), seed=spec.seed)
         return DataLoader(EncodedImages(data.train, data.image_column, data.label_column), batch_size=batch,
                           shuffle=sampler is None, sampler=sampler, drop_last=True, collate_fn=collate_encoded,
@@ -118,7 +119,7 @@ def streamed_steps_per_epoch(data, spec: LoaderSpec, num_processes: int) -> int:
 
 def build_eval_loader(data, split: str, spec: LoaderSpec, num_processes: int) -> DataLoader:
     if split not in data.splits:
-        raise ValueError(f"split {split!r} does not exist for this dataset; available: {sorted(data.splits)}")
+        raise ConfigError(f"split {split!r} does not exist for this dataset; available: {sorted(data.splits)}")
     tfm = build_transform(False, spec.image_size, data.mean, data.std, spec.augmentation, spec.color_jitter,
                           reduced_decode=spec.reduced_decode)
     ds = with_image_transform(data.splits[split], tfm, data.image_column, data.label_column,

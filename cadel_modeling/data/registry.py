@@ -4,6 +4,7 @@ from __future__ import annotations
 import difflib
 from typing import Callable, Dict
 
+from ..utils.errors import DataError
 from .base import (
     DataOptions,
     LongTailedData,
@@ -44,20 +45,20 @@ def build_datasets(opts: DataOptions) -> LongTailedData:
     cfg = opts
     if cfg.dataset not in DATASET_BUILDERS:
         close = difflib.get_close_matches(cfg.dataset, list(DATASET_BUILDERS), n=1)
-        raise ValueError(f"unknown dataset {cfg.dataset!r}" + (f"; did you mean {close[0]!r}?" if close else "")
-                         + f" Available: {', '.join(sorted(DATASET_BUILDERS))}")
+        raise DataError(f"unknown dataset {cfg.dataset!r}" + (f"; did you mean {close[0]!r}?" if close else "")
+                        + f" Available: {', '.join(sorted(DATASET_BUILDERS))}")
     data = DATASET_BUILDERS[cfg.dataset](cfg)
     c = data.num_classes
     if cfg.num_classes is not None and cfg.num_classes != c:
-        raise ValueError(f"config says num_classes={cfg.num_classes} but {cfg.dataset} has {c} classes; "
-                         f"fix --num_classes or the dataset")
+        raise DataError(f"config says num_classes={cfg.num_classes} but {cfg.dataset} has {c} classes; "
+                        f"fix --num_classes or the dataset")
     if data.class_counts is None:
         labels = label_array(data.train, data.label_column)
         validate_labels(labels, c, "train")
         data.class_counts = count_labels(labels, c)
     elif len(data.class_counts) != c:
-        raise ValueError(f"train: class counts cover {len(data.class_counts)} classes but the dataset has {c}; "
-                         f"labels outside [0, {c}) or a count file for another dataset")
+        raise DataError(f"train: class counts cover {len(data.class_counts)} classes but the dataset has {c}; "
+                        f"labels outside [0, {c}) or a count file for another dataset")
     checked = set()
     for name, split in [("train", data.train)] + list(data.splits.items()):
         if not is_streamed(split) and id(split) not in checked:
@@ -65,11 +66,15 @@ def build_datasets(opts: DataOptions) -> LongTailedData:
             if name != "train":
                 validate_labels(label_array(split, data.label_column), c, name)
             check_image_files(split, data.image_column, name)
+    empty_splits = [name for name, split in data.splits.items() if not is_streamed(split) and len(split) == 0]
+    if empty_splits:
+        raise DataError(f"the {' and '.join(empty_splits)} split{'s are' if len(empty_splits) > 1 else ' is'} empty: "
+                        f"the best epoch and tau are chosen on validation; pass --val_per_class 1 or more")
     empty = [i for i, n in enumerate(data.class_counts) if n == 0]
     if empty:
         shown = ", ".join(f"class {i} {data.class_names[i]!r}" for i in empty[:5])
-        raise ValueError(f"{len(empty)} classes have no training image ({shown}); the logit-adjustment prior needs "
-                         f"every class: fix the split or drop those classes")
+        raise DataError(f"{len(empty)} classes have no training image ({shown}); the logit-adjustment prior needs "
+                        f"every class: fix the split or drop those classes")
     if not data.trusted_images:
         done = {}  # val and test may be one split (CIFAR-LT, iNat18): check it once
         for name, split in data.splits.items():

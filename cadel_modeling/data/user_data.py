@@ -8,6 +8,8 @@ from typing import Mapping
 
 import numpy as np
 
+from ..utils.errors import DataError, MissingInputError
+
 logger = logging.getLogger(__name__)
 
 SPLIT_NAMES = {"train": "train", "validation": "val", "valid": "val", "val": "val", "test": "test"}
@@ -18,8 +20,8 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".ti
 def _check_columns(split_name: str, column_names, image_column: str, label_column: str, source: str) -> None:
     missing = [c for c in (image_column, label_column) if c not in column_names]
     if missing:
-        raise ValueError(f"{source} split {split_name!r} has no column {missing[0]!r} (columns: {list(column_names)}); "
-                         f"set --image_column / --label_column")
+        raise DataError(f"{source} split {split_name!r} has no column {missing[0]!r} (columns: {list(column_names)}); "
+                        f"set --image_column / --label_column")
 
 
 def class_names_of(feature, num_classes: int):
@@ -38,8 +40,8 @@ def _rename_splits(splits: Mapping, source: str) -> dict:
 def _evaluation_splits(named: dict, source: str):
     """({"val", "test"}, notes): a missing one of the two stands in for the other, and the notes say so."""
     if "val" not in named and "test" not in named:
-        raise ValueError(f"{source} has no validation or test split to choose the checkpoint and tau on; add one "
-                         f"(imagefolder: a val/ or test/ folder with the same class folders)")
+        raise DataError(f"{source} has no validation or test split to choose the checkpoint and tau on; add one "
+                        f"(imagefolder: a val/ or test/ folder with the same class folders)")
     notes = []
     if "val" not in named:
         notes.append("no validation split: the checkpoint and tau are chosen on test")
@@ -55,7 +57,7 @@ def from_splits(splits: Mapping, image_column: str, label_column: str, source: s
     from .base import LongTailedData, label_array
     named = _rename_splits(splits, source)
     if "train" not in named:
-        raise ValueError(f"{source} has no train split (splits: {list(splits)})")
+        raise DataError(f"{source} has no train split (splits: {list(splits)})")
     for name, ds in named.items():
         _check_columns(name, ds.column_names, image_column, label_column, source)
     feature = named["train"].features[label_column]
@@ -78,7 +80,7 @@ def imagefolder_splits(opts) -> dict:
     if opts.train_dir:
         return {"train": Path(opts.train_dir), **({"val": Path(opts.validation_dir)} if opts.validation_dir else {})}
     if not opts.data_dir or not (Path(opts.data_dir) / "train").is_dir():
-        raise FileNotFoundError(f"the imagefolder dataset needs --data_dir holding train/<class name>/<images> (and "
+        raise MissingInputError(f"the imagefolder dataset needs --data_dir holding train/<class name>/<images> (and "
                                 f"optionally val/ and test/ with the same class folders); got {opts.data_dir!r}")
     return {split: Path(opts.data_dir) / split for split in SPLIT_NAMES if (Path(opts.data_dir) / split).is_dir()}
 
@@ -88,22 +90,31 @@ def check_imagefolder_layout(folders: Mapping[str, Path]) -> None:
     classes = {}
     for split, folder in folders.items():
         if not folder.is_dir():
-            raise FileNotFoundError(f"{folder} is not a folder; the layout is {folder}/<class>/<image>")
+            raise MissingInputError(f"{folder} is not a folder; the layout is {folder}/<class>/<image>")
         loose = sorted(p.name for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         if loose:
             shown = ", ".join(loose[:3]) + (", ..." if len(loose) > 3 else "")
-            raise ValueError(f"{folder} holds images directly ({shown}); put each image in a folder named after its "
-                             f"class: {folder}/<class>/<image>")
+            raise DataError(f"{folder} holds images directly ({shown}); put each image in a folder named after its "
+                            f"class: {folder}/<class>/<image>")
         classes[split] = {p.name for p in folder.iterdir() if p.is_dir()}
         if not classes[split]:
-            raise ValueError(f"{folder} has no class folders; the layout is {folder}/<class>/<image>")
+            raise DataError(f"{folder} has no class folders; the layout is {folder}/<class>/<image>")
     train = classes["train"]
+    if len(train) < 2:
+        raise DataError(f"{folders['train']} has one class folder ({', '.join(sorted(train))}); classification needs "
+                        f"at least 2 classes: add a folder per class")
+    empty = sorted(c for c in train if not any(p.suffix.lower() in IMAGE_SUFFIXES
+                                               for p in (folders["train"] / c).rglob("*")))
+    if empty:
+        raise DataError(f"{folders['train']} has class folders without images: {empty[:10]}"
+                        f"{' ...' if len(empty) > 10 else ''}; every class needs training images (add images, or "
+                        f"remove those folders)")
     for split, found in classes.items():
         extra = sorted(found - train)
         if extra:
-            raise ValueError(f"{folders[split]} has class folders that train/ lacks: {extra[:10]}"
-                             f"{' ...' if len(extra) > 10 else ''}; every class needs training images (fix the folder "
-                             f"names, or remove those folders)")
+            raise DataError(f"{folders[split]} has class folders that train/ lacks: {extra[:10]}"
+                            f"{' ...' if len(extra) > 10 else ''}; every class needs training images (fix the folder "
+                            f"names, or remove those folders)")
         missing = sorted(train - found)
         if missing:
             logger.warning("%s has no images of %d classes (%s%s); their per-class accuracy on it is missing",
@@ -134,10 +145,14 @@ def make_long_tailed(data, opts):
     labels = label_array(data.train, data.label_column)
     available = np.bincount(labels, minlength=data.num_classes)
     carve = 0 if has_val else opts.val_per_class
+    if available.min() == 0:
+        shown = ", ".join(f"class {c} {data.class_names[c]!r}" for c in np.flatnonzero(available == 0)[:5])
+        raise DataError(f"{shown}: no training image; every class needs training images for a long-tailed profile "
+                         f"(add images, or remove the class)")
     n_max = opts.n_max or int(available.min()) - carve
     if n_max < 1:
-        raise ValueError(f"the smallest class has {int(available.min())} training images, too few to keep "
-                         f"{carve} for validation; lower --val_per_class or pass --n_max")
+        raise DataError(f"the smallest class has {int(available.min())} training images, too few to keep "
+                        f"{carve} for validation; lower --val_per_class or pass --n_max")
     counts = long_tailed_counts(n_max, data.num_classes, opts.imb_factor, opts.imb_type, data.class_names)
     train_idx, val_idx = subsample_long_tailed(labels, counts, seed=opts.seed, val_per_class=carve,
                                                class_names=data.class_names)
@@ -156,7 +171,7 @@ def read_count_file(path) -> list:
     """Training images per class from a ``num_shots.npz`` (key ``num_per_class``, as the CADEL/cRT repos ship)."""
     with np.load(path) as npz:
         if "num_per_class" not in npz:
-            raise ValueError(f"{path} has no 'num_per_class' array (keys: {list(npz)})")
+            raise DataError(f"{path} has no 'num_per_class' array (keys: {list(npz)})")
         return np.asarray(npz["num_per_class"]).astype(np.int64).tolist()
 
 
@@ -164,7 +179,7 @@ def count_stream_labels(stream, label_column: str) -> list:
     """Per-class counts by one pass over the label column of a streamed split (when no count file gives them)."""
     labels = np.fromiter((row[label_column] for row in stream.select_columns([label_column])), dtype=np.int64)
     if len(labels) and labels.min() < 0:
-        raise ValueError(f"the streamed train split has negative labels (e.g. {labels[labels < 0][0]})")
+        raise DataError(f"the streamed train split has negative labels (e.g. {labels[labels < 0][0]})")
     return np.bincount(labels).tolist()
 
 
@@ -207,18 +222,18 @@ def build_hub(opts):
     if path == "imagefolder":  # load_dataset("imagefolder", data_dir=...), spelled as in the HF examples
         return build_imagefolder(opts)
     if not path:
-        raise ValueError("--dataset hub needs --hub_dataset_id: a Hub dataset id (e.g. 'user/name') or a local "
-                         "dataset folder, with --image_column / --label_column naming its columns")
+        raise DataError("--dataset hub needs --hub_dataset_id: a Hub dataset id (e.g. 'user/name') or a local "
+                        "dataset folder, with --image_column / --label_column naming its columns")
     saved = Path(path, "dataset_dict.json").is_file() or Path(path, "state.json").is_file()
     if opts.streaming and not saved:
         if opts.imb_factor is not None:
-            raise ValueError("--imb_factor subsamples a map-style dataset; drop --streaming to make it long-tailed")
+            raise DataError("--imb_factor subsamples a map-style dataset; drop --streaming to make it long-tailed")
         return stream_hub(opts, path)
     try:
         splits = load_from_disk(path) if saved else load_dataset(path, opts.hub_dataset_config,
                                                                   revision=opts.hub_dataset_revision)
     except (FileNotFoundError, ConnectionError, OSError, ValueError) as exc:
-        raise FileNotFoundError(f"could not load {path!r}: not a local dataset folder (save_to_disk, or data files "
+        raise MissingInputError(f"could not load {path!r}: not a local dataset folder (save_to_disk, or data files "
                                 f"with train/validation/test splits) and not reachable as a Hub dataset id "
                                 f"({type(exc).__name__}: {exc})") from exc
     data = from_splits(splits if isinstance(splits, Mapping) else {"train": splits}, opts.image_column,

@@ -18,6 +18,8 @@ from typing import Dict, Optional, Sequence
 import yaml
 
 from ..modeling.locate import RUN_CONFIG_NAME
+from ..utils.errors import ConfigError, MissingInputError
+from ..utils.secrets import redact, without_secrets
 from .model_card import build_model_card
 from .run_folders import RunFolders
 
@@ -49,8 +51,9 @@ def _relative(text: str, run_dir: Path) -> str:
 
 
 def sanitize_text(text: str, run_dir: Path) -> str:
-    """Every absolute local path in ``text`` (commands, notes) rewritten by :func:`_relative`."""
-    return ABSOLUTE_PATH.sub(lambda m: _relative(m.group(0), run_dir), text)
+    """Every absolute local path in ``text`` (commands, notes) rewritten by :func:`_relative`, every token redacted
+    (a run recorded before tokens were redacted at the source is uploaded clean too)."""
+    return ABSOLUTE_PATH.sub(lambda m: _relative(m.group(0), run_dir), redact(text))
 
 
 def sanitize_value(value, run_dir: Path):
@@ -59,7 +62,7 @@ def sanitize_value(value, run_dir: Path):
     if isinstance(value, list):
         return [sanitize_value(v, run_dir) for v in value]
     if isinstance(value, dict):
-        return {k: (None if k == "hub_token" else sanitize_value(v, run_dir)) for k, v in value.items()}
+        return {k: sanitize_value(v, run_dir) for k, v in without_secrets(value).items()}
     return value
 
 
@@ -89,7 +92,7 @@ def files_to_upload(path, eval_dirs: Sequence = ()) -> Dict[str, Path]:
     files = {p.name: p for p in sorted(folders.model_dir.iterdir())
              if p.is_file() and (p.name in MODEL_FILES or p.name.endswith((".safetensors", ".safetensors.index.json")))}
     if not any(name.endswith(".safetensors") for name in files):
-        raise FileNotFoundError(f"{folders.model_dir} has no .safetensors weights to upload")
+        raise MissingInputError(f"{folders.model_dir} has no .safetensors weights to upload")
     for name in RUN_FILES:
         found = folders.find(name)
         if found is not None:
@@ -137,8 +140,8 @@ def push_to_hub(path, repo_id: Optional[str] = None, *, private: bool = False, t
     folders = RunFolders.locate(path)
     if card_path is None:
         if in_hub_cache(folders.model_dir):
-            raise ValueError(f"{folders.model_dir} is in the Hugging Face cache, where the model card must not be "
-                             f"written: pass card_path (e.g. your output_dir/README.md)")
+            raise ConfigError(f"{folders.model_dir} is in the Hugging Face cache, where the model card must not be "
+                              f"written: pass card_path (e.g. your output_dir/README.md)")
         card_path = folders.model_dir / "README.md"
     card_path = Path(card_path)
     repo_id = repo_id or folders.run_dir.name

@@ -12,17 +12,41 @@ from pathlib import Path
 import timm
 import torch
 
+from ..modeling.locate import RUN_CONFIG_NAME
+from ..utils.errors import ModelError, OutputDirError
+
 SOURCE_KEYS = ("tag", "license", "origin_url", "paper_ids", "paper_name", "notes")
 INTERPOLATIONS = {0: "nearest", 2: "bilinear", 3: "bicubic"}  # PIL resample codes of the image processor
 
+# What marks a cadel run or model folder: an export there would replace its config.json or break the run.
+CADEL_MARKERS = ("config.yaml", "run_info.json", "checkpoints", "best_model", RUN_CONFIG_NAME)
 
-def export_timm_backbone(model_ref: str, out_dir) -> Path:
-    """Write the backbone of the cadel model at ``model_ref`` (folder, run folder or Hub id) to ``out_dir``."""
+
+def check_export_target(out_dir, overwrite: bool) -> None:
+    """Refuse a cadel run or model folder always, and any other non-empty folder unless ``overwrite``."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise OutputDirError(f"{out} is a file; choose a folder for the timm model")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    marker = next((m for m in CADEL_MARKERS if (out / m).exists()), None)
+    if marker is not None:
+        raise OutputDirError(f"{out} is a cadel run or model folder (it holds {marker}); exporting there would "
+                             f"overwrite its files, --overwrite_output_dir or not: choose a new folder")
+    if not overwrite:
+        raise OutputDirError(f"{out} is not empty; choose a new folder, or pass --overwrite_output_dir to replace "
+                             f"its config.json and model.safetensors")
+
+
+def export_timm_backbone(model_ref: str, out_dir, overwrite: bool = False) -> Path:
+    """Write the backbone of the cadel model at ``model_ref`` (folder, run folder or Hub id) to ``out_dir`` (a new
+    or empty folder; another non-empty folder only with ``overwrite``; never a cadel run or model folder)."""
     from timm.models._hub import save_for_hf
 
     from ..modeling.factory import load_model
     from ..modeling.locate import find_model_dir
 
+    check_export_target(out_dir, overwrite)
     model = load_model(find_model_dir(model_ref))
     c = model.config
     args = {"num_classes": 0, "global_pool": "avg", **c.backbone_kwargs}
@@ -31,7 +55,7 @@ def export_timm_backbone(model_ref: str, out_dir) -> Path:
     plain = timm.create_model(c.backbone, pretrained=False, **args)
     missing, unexpected = plain.load_state_dict(model.backbone.state_dict(), strict=False)
     if missing or unexpected:
-        raise ValueError(f"the backbone of {model_ref} does not match timm's {c.backbone} (missing {missing[:3]}, "
+        raise ModelError(f"the backbone of {model_ref} does not match timm's {c.backbone} (missing {missing[:3]}, "
                          f"unexpected {unexpected[:3]})")
     data_config = eval_data_config(find_model_dir(model_ref), c.image_size)
     out = Path(out_dir)
@@ -50,7 +74,7 @@ def eval_data_config(model_dir: Path, image_size: int) -> dict:
     processor): resize the shortest edge then center-crop ('imagenet'), or resize to the square ('small', 'none')."""
     path = Path(model_dir) / "preprocessor_config.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{model_dir} has no preprocessor_config.json (cadel saves one with every model), so "
+        raise ModelError(f"{model_dir} has no preprocessor_config.json (cadel saves one with every model), so "
                                 f"its evaluation transform is unknown; export a model folder written by cadel")
     processor = json.loads(path.read_text())
     config = {"input_size": (3, image_size, image_size), "mean": tuple(processor["image_mean"]),

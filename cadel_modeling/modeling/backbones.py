@@ -23,6 +23,8 @@ FAMILIES = ("cnn", "vit")
 class UnsupportedBackboneError(ValueError):
     """A timm model name cadel cannot turn into a cascade."""
 
+    exit_code = 2  # bad input for the commands (this file ships as remote code, so it cannot import utils.errors)
+
 
 def backbone_family(name: str) -> str:
     """'vit' for timm's plain ViTs, 'cnn' for every other registered timm model; an unknown name is an error."""

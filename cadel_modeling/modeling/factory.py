@@ -7,7 +7,10 @@ from pathlib import Path
 
 import torch
 
+from ..utils.errors import ModelError
 from ..utils.finite import require_finite
+from ..utils.io import disk_space_guard
+from .backbones import UnsupportedBackboneError
 from .locate import RUN_CONFIG_NAME, find_model_dir
 from .modeling_cadel import CadelConfig, CadelForImageClassification
 from .pretrained import load_pretrained_checkpoint
@@ -38,12 +41,16 @@ def build_model(cfg, data) -> CadelForImageClassification:
     config = model_config_for(cfg, data)
     try:
         model = CadelForImageClassification(config, pretrained_backbone=cfg.pretrained)
+    except UnsupportedBackboneError:
+        raise
+    except ValueError as exc:  # the model's own checks of the settings (it ships as remote code: plain ValueError)
+        raise ModelError(f"cannot build the {cfg.backbone} cascade with these settings: {exc}") from exc
     except OSError as exc:
         if not cfg.pretrained:
             raise
-        raise OSError(f"could not fetch timm's pretrained weights for {cfg.backbone!r} from the Hugging Face Hub "
-                      f"({type(exc).__name__}); go online or pre-download them into the cache, or pass --pretrained "
-                      f"false (optionally with --pretrained_checkpoint FILE)") from exc
+        raise ModelError(f"could not fetch timm's pretrained weights for {cfg.backbone!r} from the Hugging Face Hub "
+                         f"({type(exc).__name__}); go online or pre-download them into the cache, or pass --pretrained "
+                         f"false (optionally with --pretrained_checkpoint FILE)") from exc
     if cfg.pretrained_checkpoint:
         load_pretrained_checkpoint(model, cfg.pretrained_checkpoint)
     if cfg.backbone_lr == 0:
@@ -57,7 +64,7 @@ def init_from_model(model: CadelForImageClassification, ref: str) -> dict:
     source = find_model_dir(ref)
     source_config = CadelConfig.from_pretrained(str(source))
     if source_config.backbone.split(".")[0] != model.config.backbone.split(".")[0]:
-        raise ValueError(f"--init_from {ref} is a {source_config.backbone} cascade but this run builds "
+        raise ModelError(f"--init_from {ref} is a {source_config.backbone} cascade but this run builds "
                          f"{model.config.backbone}; pass --backbone {source_config.backbone} (and its exit settings)")
     report = load_pretrained_checkpoint(model, source)
     fresh = [name for name in model.state_dict() if name not in set(report.loaded)]
@@ -74,9 +81,11 @@ def save_model(net: CadelForImageClassification, path, run_config, augmentation:
     tmp = path.with_name(path.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
-    net.save_pretrained(str(tmp))
-    save_image_processor(tmp, net.config, augmentation)
-    run_config.save(tmp / RUN_CONFIG_NAME)
+    needed = sum(v.nelement() * v.element_size() for v in net.state_dict().values())
+    with disk_space_guard(path.parent, needed, cleanup=lambda: shutil.rmtree(tmp, ignore_errors=True)):
+        net.save_pretrained(str(tmp))
+        save_image_processor(tmp, net.config, augmentation)
+        run_config.save(tmp / RUN_CONFIG_NAME)
     if path.exists():
         old = path.with_name(path.name + ".old")
         shutil.rmtree(old, ignore_errors=True)
@@ -88,6 +97,19 @@ def save_model(net: CadelForImageClassification, path, run_config, augmentation:
 
 
 def load_model(model_dir) -> CadelForImageClassification:
-    """A saved cadel model in eval mode, its weights checked (safetensors: nothing executable is read)."""
-    with torch.device("cpu"):
-        return CadelForImageClassification.from_pretrained(str(model_dir)).eval()
+    """A saved cadel model in eval mode, its weights checked (safetensors: nothing executable is read). A folder
+    whose weights are missing or truncated, or whose config was edited out of shape (an ``id2label`` cut to fewer
+    classes), is a ``ModelError`` naming the folder."""
+    from safetensors import SafetensorError
+    model_dir = Path(model_dir)
+    if not any(model_dir.glob("*.safetensors")):
+        raise ModelError(f"{model_dir} has no model.safetensors: the model folder is incomplete; write it again (rerun "
+                         f"the stage that made it) or point at another model")
+    try:
+        with torch.device("cpu"):
+            return CadelForImageClassification.from_pretrained(str(model_dir)).eval()
+    except (SafetensorError, OSError, ValueError, KeyError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ModelError(f"cannot load the model in {model_dir}: {type(exc).__name__}: {reason}. Its files are "
+                         f"truncated or edited: write it again (rerun the stage that made it) or point at another "
+                         f"model") from exc

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+from ..utils.errors import MissingInputError
+
 RUN_CONFIG_NAME = "run_config.yaml"  # the run config saved with every model's weights
 ENSEMBLE_FILE = "ensemble.json"      # exit weights and their tau learned on validation by stage 2
 
@@ -24,16 +26,16 @@ def find_model_dir(ref: str) -> Path:
             return stage2[-1].parent
         if (path / "best_model" / "config.json").exists():
             return path / "best_model"
-        raise FileNotFoundError(f"{path} holds no model (config.json) nor a run with best_model/ or stage2_*/model/")
+        raise MissingInputError(f"{path} holds no model (config.json) nor a run with best_model/ or stage2_*/model/")
     if not is_hub_id(ref):
-        raise FileNotFoundError(f"no model folder at {ref}: pass a folder with config.json, a run folder, "
+        raise MissingInputError(f"no model folder at {ref}: pass a folder with config.json, a run folder, "
                                 f"or a Hub model id such as user/cadel-resnet50-imagenet-lt")
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
     try:
         return Path(snapshot_download(ref))
     except (HfHubHTTPError, HFValidationError, LocalEntryNotFoundError, OSError) as exc:
-        raise FileNotFoundError(f"{ref} is not a folder here and could not be fetched as a Hub model id "
+        raise MissingInputError(f"{ref} is not a folder here and could not be fetched as a Hub model id "
                                 f"(offline runs need it in the local cache): {type(exc).__name__}") from exc
 
 
@@ -41,7 +43,7 @@ def run_config_path(model_dir) -> Path:
     """The run config saved with a model; an error naming the folder when it is missing."""
     path = Path(model_dir) / RUN_CONFIG_NAME
     if not path.is_file():
-        raise FileNotFoundError(f"{model_dir} has no {RUN_CONFIG_NAME}: it was not written by cadel, so the settings "
+        raise MissingInputError(f"{model_dir} has no {RUN_CONFIG_NAME}: it was not written by cadel, so the settings "
                                 f"it was trained with are unknown; pass --dataset/--data_dir/... explicitly")
     return path
 

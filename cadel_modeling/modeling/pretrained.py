@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..utils.errors import MissingInputError, ModelError
+
 logger = logging.getLogger("cadel")
 
 # Keys of pre-training checkpoints that have no place in a CADEL backbone: classifier heads and MAE's decoder.
@@ -71,11 +73,11 @@ def read_state_dict(path) -> Dict[str, torch.Tensor]:
         candidates = [path / n for n in ("model.safetensors", "pytorch_model.bin")]
         found = [p for p in candidates if p.exists()]
         if not found:
-            raise FileNotFoundError(f"{path} is a folder without model.safetensors or pytorch_model.bin; "
+            raise MissingInputError(f"{path} is a folder without model.safetensors or pytorch_model.bin; "
                                     f"point --pretrained_checkpoint at a checkpoint file or a saved model folder")
         path = found[0]
     if not path.exists():
-        raise FileNotFoundError(f"pretrained checkpoint {path} does not exist; download it first (see docs/presets.md)")
+        raise MissingInputError(f"pretrained checkpoint {path} does not exist; download it first (see docs/presets.md)")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
         state = load_file(str(path), device="cpu")
@@ -84,7 +86,7 @@ def read_state_dict(path) -> Dict[str, torch.Tensor]:
             with torch.serialization.safe_globals([argparse.Namespace]):
                 state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # pickles with custom classes are refused by weights_only: say why, not just fail
-            raise ValueError(f"could not read {path} as a tensors-only checkpoint ({exc}). Re-save its state dict "
+            raise ModelError(f"could not read {path} as a tensors-only checkpoint ({exc}). Re-save its state dict "
                              f"with torch.save(state_dict, path) or convert it to .safetensors") from exc
     while isinstance(state, dict):  # unwrap {"model": ...}, {"state_dict_best": {"feat_model": ...}}, ...
         inner = next((state[k] for k in CONTAINER_KEYS if isinstance(state.get(k), dict)), None)
@@ -93,7 +95,7 @@ def read_state_dict(path) -> Dict[str, torch.Tensor]:
         state = inner
     if not isinstance(state, dict) or not any(torch.is_tensor(v) for v in state.values()):
         found = f"keys {list(state)[:10]}" if isinstance(state, dict) else f"a {type(state).__name__}"
-        raise ValueError(f"{path} holds no state dict of tensors (found {found}); expected a state dict, "
+        raise ModelError(f"{path} holds no state dict of tensors (found {found}); expected a state dict, "
                          f"possibly wrapped under one of {CONTAINER_KEYS}")
     return {_strip_module(k): v for k, v in state.items() if torch.is_tensor(v)}
 
@@ -110,7 +112,7 @@ def resize_pos_embed(pos_embed: torch.Tensor, grid: Tuple[int, int], num_prefix_
     prefix, patches = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
     side = math.isqrt(patches.shape[1])
     if side * side != patches.shape[1]:
-        raise ValueError(f"position embedding has {patches.shape[1]} patch positions after {num_prefix_tokens} "
+        raise ModelError(f"position embedding has {patches.shape[1]} patch positions after {num_prefix_tokens} "
                          f"prefix tokens, not a square grid; cannot infer its layout")
     if (side, side) == tuple(grid):
         return pos_embed
@@ -168,7 +170,7 @@ def load_pretrained_checkpoint(model: nn.Module, path) -> LoadReport:
         kept = {k: v for k, v in state.items() if not k.startswith(DROPPED_PREFIXES)}
         load_state_dict_into(model.backbone, kept, report)
     if not report.loaded:
-        raise ValueError(f"no tensor of {path} matches the model ({model.config.backbone}); first checkpoint keys: "
+        raise ModelError(f"no tensor of {path} matches the model ({model.config.backbone}); first checkpoint keys: "
                          f"{list(state)[:5]}, first model keys: {list(model.backbone.state_dict())[:5]}. "
                          f"Check that the checkpoint is for this backbone")
     logger.info("pretrained checkpoint: %s", report)

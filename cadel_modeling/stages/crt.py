@@ -24,6 +24,7 @@ from ..metrics import top1
 from ..modeling import CadelForImageClassification
 from ..posthoc import ensemble_scores
 from ..training.optim import LRSchedule, set_learning_rate
+from ..utils.errors import ConfigError
 from ..utils.logging import progress
 
 logger = logging.getLogger("cadel")
@@ -118,8 +119,8 @@ def retrain_classifiers(opts: CRTOptions, accelerator, model: CadelForImageClass
     Returns the val/test exit logits of the re-trained model and the cRT record.
     """
     if is_streamed(data.train):
-        raise ValueError("stage2_method crt needs a map-style training split to sample class-balanced from; "
-                         "run it with --streaming false")
+        raise ConfigError("stage2_method crt needs a map-style training split to sample class-balanced from; "
+                          "run it with --streaming false")
     num_exits = len(model.aux_exits) + 1
     settings = opts.record(num_exits)
     exits, rule = settings["exits"], model.config.resolved_inference_rule
@@ -148,8 +149,8 @@ def retrain_classifiers(opts: CRTOptions, accelerator, model: CadelForImageClass
                               drop_last=True)
     steps = len(index_loader)
     if steps == 0:
-        raise ValueError(f"crt batch size {settings['batch_size']} is larger than the training split "
-                         f"({len(train_labels)} images); lower it")
+        raise ConfigError(f"crt batch size {settings['batch_size']} is larger than the training split "
+                          f"({len(train_labels)} images); lower it")
 
     def val_top1_with(classifiers) -> float:
         logits = stage1_val_logits.clone()

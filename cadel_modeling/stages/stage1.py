@@ -1,15 +1,15 @@
 """Stage 1: joint training of the cascade with the confidence-bin loss; best epoch chosen on validation.
 
 Nothing of the output folder changes until every check has passed (configuration, data, model, the checkpoint to
-resume and its signature): a refused command leaves the folder byte-identical. Then the run claims the folder (a
-fresh run id, or the resumed run's), writes its config and trains; every save checks that all tensors are finite.
+resume, its signature and settings; ``run_folder.py``): a refused command leaves the folder byte-identical. Then the
+run claims the folder (a fresh run id, or the resumed run's), writes its config and trains; every save checks that
+all tensors are finite.
 """
 from __future__ import annotations
 
 import logging
 import math
 import platform
-import shutil
 import time
 import uuid
 from pathlib import Path
@@ -43,13 +43,11 @@ from ..training.checkpointing import (
     CheckpointError,
     TrainState,
     check_signature,
-    checkpoint_root,
     latest_valid,
-    list_checkpoints,
     load_checkpoint,
+    read_meta,
     save_checkpoint,
     signature_of,
-    verify,
 )
 from ..training.loop import LoopOptions, NonFiniteLossError, train_one_epoch
 from ..training.losses import CascadeLoss
@@ -57,15 +55,22 @@ from ..training.optim import OptimizerSpec, build_optimizer
 from ..training.preemption import Preempted, Preemption
 from ..training.step_log import StepLogger
 from ..training.tracking import tracking_kwargs
+from ..utils.errors import ConfigError
 from ..utils.finite import NonFiniteTensorError
 from ..utils.io import append_jsonl, command_line, read_json, read_jsonl, rewrite_jsonl, write_json
 from ..utils.logging import lines_above_bars, log_to_file, setup_logging
 from . import push
+from .run_folder import (
+    check_output_dir,
+    check_resume_settings,
+    claim_output_dir,
+    is_foreign,
+    result_settings,
+    resume_target,
+)
 
 logger = logging.getLogger("cadel")
 
-RUN_FILES = ("config.yaml", "run_info.json", "train_log.jsonl", "stage1_summary.json", "train.log")
-RUN_FOLDERS = ("checkpoints", "best_model", "last_model", "tracking")
 
 
 def selection_scores(exit_logits: torch.Tensor, model_config) -> torch.Tensor:
@@ -74,64 +79,6 @@ def selection_scores(exit_logits: torch.Tensor, model_config) -> torch.Tensor:
         return adjust_logits(combine_exits(list(exit_logits), "sum"), model_config.class_counts, 1.0,
                              num_terms=exit_logits.shape[0])
     return exit_logits[-1]
-
-
-def folder_state(out: Path) -> str:
-    """'empty' (missing or empty), 'run' (a cadel run folder) or 'other' (holds files cadel did not write)."""
-    if not out.exists() or not any(out.iterdir()):
-        return "empty"
-    names = {p.name.removesuffix(".tmp").removesuffix(".old") for p in out.iterdir()}  # half-written saves too
-    cadel = set(RUN_FILES) | set(RUN_FOLDERS) | {n for n in names if n.startswith(("stage2_", "eval_"))} | \
-        {"README.md"}
-    return "run" if names & {"config.yaml", "run_info.json", "checkpoints"} and names <= cadel else "other"
-
-
-def resume_target(cfg: RunConfig) -> Optional[Path]:
-    """The checkpoint to resume, checked (read-only); None for a fresh start."""
-    out = Path(cfg.output_dir)
-    if not cfg.resume_from_checkpoint:
-        return None
-    if cfg.resume_from_checkpoint != "latest":
-        path = Path(cfg.resume_from_checkpoint)
-        verify(path)
-        return path
-    run_id = read_json(out / "run_info.json").get("run_id") if (out / "run_info.json").is_file() else None
-    path = latest_valid(out, run_id)
-    if path is None and folder_state(out) != "empty":
-        found = "no valid checkpoint" if checkpoint_root(out).is_dir() else "no checkpoints/ folder"
-        raise CheckpointError(f"--resume_from_checkpoint latest: {out} holds {found} of its run to resume; pass "
-                              f"--overwrite_output_dir to start over there, or choose another --output_dir")
-    newest = list_checkpoints(out)[-1:]
-    if path is not None and [path] != newest:
-        logger.warning("resuming from %s, not the newest checkpoint folder %s (see the warnings above)", path.name,
-                       newest[0].name)
-    return path  # None on an empty folder: a fresh start, so 'latest' is safe in a restart loop
-
-
-def check_output_dir(cfg: RunConfig, resuming: bool) -> None:
-    """Refuse to write into a used output_dir unless resuming or told to overwrite (read-only)."""
-    out = Path(cfg.output_dir)
-    state = folder_state(out)
-    if state == "other":
-        raise FileExistsError(f"output_dir {out} holds files that cadel did not write; choose an empty or new "
-                              f"--output_dir (cadel never deletes files it does not know)")
-    if state == "run" and not (resuming or cfg.overwrite_output_dir):
-        raise FileExistsError(f"output_dir {out} already holds a run; pass --resume_from_checkpoint latest to "
-                              f"continue it, --overwrite_output_dir to start over there, or choose another "
-                              f"--output_dir")
-
-
-def claim_output_dir(cfg: RunConfig, accelerator, resuming: bool) -> Path:
-    """After every check: a fresh run removes what a previous run left there (``--overwrite_output_dir``)."""
-    out = Path(cfg.output_dir)
-    if accelerator.is_main_process:
-        if not resuming and folder_state(out) == "run":
-            shutil.rmtree(out)
-            logger.warning("--overwrite_output_dir: removed the previous run in %s (checkpoints, logs, models, "
-                           "stage-2 and evaluation folders)", out)
-        out.mkdir(parents=True, exist_ok=True)
-    accelerator.wait_for_everyone()
-    return out
 
 
 def run_info(cfg: RunConfig, data, accelerator, init: Optional[dict]) -> dict:
@@ -169,7 +116,12 @@ def run(cfg: RunConfig) -> dict:
     setup_logging(accelerator.is_main_process)
     # -- checks: nothing is written before they all pass ------------------------------------------------------
     resume_path = resume_target(cfg)
-    check_output_dir(cfg, resuming=resume_path is not None)
+    foreign = resume_path is not None and is_foreign(resume_path, Path(cfg.output_dir))
+    check_output_dir(cfg, resuming=resume_path is not None, foreign=resume_path if foreign else None)
+    changes = check_resume_settings(cfg, read_meta(resume_path)) if resume_path is not None else []
+    info_path = Path(cfg.output_dir) / "run_info.json"
+    if resume_path is not None and not foreign and info_path.is_file():  # the changes of earlier resumes
+        changes = read_json(info_path).get("config_changes", []) + changes
     set_seed(cfg.seed)
     with accelerator.main_process_first():
         data = build_datasets(DataOptions.from_config(cfg))
@@ -197,8 +149,8 @@ def run(cfg: RunConfig) -> dict:
         model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
         steps_per_epoch = len(train_loader) // cfg.grad_accum_steps
     if steps_per_epoch == 0:
-        raise ValueError(f"batch_size {cfg.batch_size} is larger than the training split "
-                         f"({data.num_train_images} images); lower --batch_size")
+        raise ConfigError(f"batch_size {cfg.batch_size} is larger than the training split "
+                          f"({data.num_train_images} images); lower --batch_size")
     loss_fn = CascadeLoss(cfg.bins, cfg.gamma, cfg.base_weight, cfg.weight_mode, cfg.resolved_base_loss(),
                           class_counts=data.class_counts).to(accelerator.device)
     net = accelerator.unwrap_model(model)
@@ -209,12 +161,12 @@ def run(cfg: RunConfig) -> dict:
             raise CheckpointError("a streamed run resumes from epoch boundaries only; resume from an end-of-epoch "
                                   "checkpoint (its cadel_checkpoint.json shows step_in_epoch 0)")
     # -- the run claims its folder ----------------------------------------------------------------------------
-    out = claim_output_dir(cfg, accelerator, resuming=resume_path is not None)
+    out = claim_output_dir(cfg, accelerator, resuming=resume_path is not None and not foreign)
     log_path = out / "train_log.jsonl"
     if accelerator.is_main_process:
         log_to_file(out / "train.log")
         cfg.save(out / "config.yaml")
-        write_json(out / "run_info.json", run_info(cfg, data, accelerator, init))
+        write_json(out / "run_info.json", {**run_info(cfg, data, accelerator, init), "config_changes": changes})
         if resume_path is not None:  # drop records of epochs the resumed run redoes: one record per epoch
             rewrite_jsonl(log_path, [r for r in read_jsonl(log_path) if r["epoch"] < state.epoch])
             logger.info("resumed from %s at epoch %d, step %d", resume_path, state.epoch, state.step_in_epoch)
@@ -226,7 +178,7 @@ def run(cfg: RunConfig) -> dict:
     if cfg.export_dataset and accelerator.is_main_process:
         from ..data.export import export_splits
         logger.info("exported the splits of this run to %s", export_splits(data, cfg.export_dataset, cfg.hub_token))
-    meta = {**signature, "run_id": cfg.run_id}
+    meta = {**signature, "run_id": cfg.run_id, "epochs": cfg.epochs, "hparams": result_settings(cfg)}
     tracking.start(accelerator, cfg.run_name or out.name, cfg.to_dict())
     log_step = StepLogger(accelerator, log_every=cfg.log_every, batch_size=cfg.batch_size, epochs=cfg.epochs,
                           steps_per_epoch=steps_per_epoch, start_step=state.global_step,

@@ -13,10 +13,11 @@ every candidate is scored in memory.
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 from typing import List
 
-from ..config import RunConfig
+from ..config import RunConfig, load_run_config
 from ..data import DataOptions, build_datasets
 from ..data.loaders import LoaderSpec
 from ..inference import check_model_matches_data, predict_split, process_invariant_loader
@@ -36,7 +37,8 @@ from ..results import write_report
 from ..training import tracking
 from ..training.accelerator import make_accelerator
 from ..training.tracking import tracking_kwargs
-from ..utils.io import command_line, write_json
+from ..utils.errors import ConfigError, MissingInputError, OutputDirError
+from ..utils.io import command_line, read_jsonl, write_json
 from ..utils.logging import setup_logging
 from . import push
 from .crt import CRTOptions, retrain_classifiers
@@ -103,6 +105,17 @@ def choices_text(summary: dict, num_exits: int) -> str:
     return "\n".join(lines)
 
 
+def stage1_progress(stage1: Path) -> dict:
+    """Whether the stage-1 run finished: its summary is written last, and its log holds every epoch (a run stopped
+    by a signal, or extended and not yet done, has neither or fewer)."""
+    epochs_done = max((r["epoch"] for r in read_jsonl(stage1 / "train_log.jsonl")), default=0)
+    config = stage1 / "config.yaml"
+    epochs = load_run_config(config).get("epochs") if config.is_file() else None
+    summary = (stage1 / "stage1_summary.json").is_file()
+    return {"finished": summary and epochs is not None and epochs_done >= epochs, "epochs_done": epochs_done,
+            "epochs": epochs, "summary": summary}
+
+
 def run(cfg: RunConfig) -> dict:
     out = Path(cfg.stage1_dir) / f"stage2_{cfg.stage2_method}"
     accelerator = make_accelerator(**tracking_kwargs(cfg.report_to, cfg.tracking_dir, out / "tracking"))
@@ -110,13 +123,21 @@ def run(cfg: RunConfig) -> dict:
     stage1 = Path(cfg.stage1_dir)
     model_dir = stage1 / "best_model"
     if not (model_dir / "config.json").exists():
-        raise FileNotFoundError(f"{model_dir} has no model: run train_stage1.py with --output_dir {stage1} first")
+        raise MissingInputError(f"{model_dir} has no model: run train_stage1.py with --output_dir {stage1} first")
     out = stage1 / f"stage2_{cfg.stage2_method}"
+    if out.is_dir() and any(out.iterdir()) and not cfg.overwrite_output_dir:
+        raise OutputDirError(f"{out} already holds a stage-2 result; pass --overwrite_output_dir to replace it")
+    stage1_state = stage1_progress(stage1)
+    if not stage1_state["finished"]:
+        logger.warning("stage 1 in %s has not finished (%d of %d epochs logged%s): stage 2 starts from its best "
+                       "model so far; resume stage 1 (--resume_from_checkpoint latest) for the full run", stage1,
+                       stage1_state["epochs_done"], stage1_state["epochs"] or 0,
+                       "" if stage1_state["summary"] else ", no stage1_summary.json")
     with accelerator.main_process_first():
         data = build_datasets(DataOptions.from_config(cfg))
     if "val" not in data.splits:
-        raise ValueError(f"stage 2 chooses tau, epochs and exit weights on a 'val' split, which {cfg.dataset} "
-                         f"lacks; give the dataset a validation split (e.g. --val_per_class)")
+        raise ConfigError(f"stage 2 chooses tau, epochs and exit weights on a 'val' split, which {cfg.dataset} "
+                          f"lacks; give the dataset a validation split (e.g. --val_per_class)")
     model = load_model(model_dir)
     check_model_matches_data(model.config, data, str(model_dir))
     main_exits = selected_exits(len(model.aux_exits) + 1, model.config.resolved_inference_rule, cfg.eval_exits)
@@ -142,14 +163,14 @@ def run(cfg: RunConfig) -> dict:
     net.config.tau = tau
     step = cfg.exit_weight_step
     if cfg.select_inference_rule and not step:
-        raise ValueError("--select_inference_rule chooses among the rules and the learned exit weights: it needs "
-                         "--exit_weight_step > 0")
+        raise ConfigError("--select_inference_rule chooses among the rules and the learned exit weights: it needs "
+                          "--exit_weight_step > 0")
     ensemble = search_exit_weights(val_logits.to(accelerator.device), val_labels, counts, grid, step, rule) \
         if step else None
     evidence = rule_change_evidence(val_logits, val_labels, counts, ensemble, rule, tau, cfg.select_rule_resamples,
                                     cfg.select_rule_confidence) if ensemble else None
     summary = {"method": cfg.stage2_method, "command": command_line(),
-               "num_processes": accelerator.num_processes,
+               "num_processes": accelerator.num_processes, "stage1": stage1_state,
                "inference_rule": rule, "exits": list(main_exits),
                "tau": tau, "tau_selected_on": "val", "tau_grid": grid, "val_top1": max(r["top1"] for r in sweep),
                "val_sweep": sweep, "crt": crt, "ensemble": ensemble, "rule_evidence": evidence}
@@ -157,6 +178,10 @@ def run(cfg: RunConfig) -> dict:
         summary["selected_rule"] = select_inference_rule(net.config, ensemble, evidence)
     if accelerator.is_main_process:
         print("\n" + choices_text(summary, num_exits))
+    if accelerator.is_main_process and out.exists():  # every check passed: replace (--overwrite_output_dir)
+        shutil.rmtree(out)
+        logger.warning("--overwrite_output_dir: removed the previous stage-2 result in %s", out)
+    accelerator.wait_for_everyone()
     if "test" in logits:
         test_logits, test_labels = logits["test"]
         summary["test_sweep"] = tau_sweep(test_logits, test_labels, counts, grid, rule, cfg.eval_exits)

@@ -27,8 +27,9 @@ from typing import List, Optional
 import numpy as np
 import torch
 
+from ..utils.errors import UserError
 from ..utils.finite import require_finite
-from ..utils.io import read_json, write_json
+from ..utils.io import disk_space_guard, read_json, write_json
 
 logger = logging.getLogger("cadel")
 
@@ -38,7 +39,7 @@ RNG_PATTERN = "rng_state_{}.json"
 CHECKPOINT_DIR = "checkpoints"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint that cannot be resumed: missing, corrupt, unsafe, or made by another model or run."""
 
 
@@ -201,14 +202,18 @@ def save_checkpoint(accelerator, model, optimizer, state: TrainState, output_dir
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    write_json(tmp / RNG_PATTERN.format(accelerator.process_index), _rng_state())
-    if accelerator.is_main_process:
-        save_file({k: v.cpu() for k, v in weights.items()}, str(tmp / MODEL_FILE))
-        torch.save(optimizer_state, tmp / OPTIMIZER_FILE)
-        training = {"state": state.state_dict(), "scaler": scaler.state_dict() if scaler is not None else None}
-        write_json(tmp / STATE_FILE, training)
-        write_json(tmp / META, {**meta, "epoch": state.epoch, "step_in_epoch": state.step_in_epoch,
-                                "global_step": state.global_step, "num_processes": accelerator.num_processes})
+    needed = sum(v.nelement() * v.element_size() for v in weights.values()) + sum(
+        v.nelement() * v.element_size() for s in optimizer_state["state"].values() for v in s.values()
+        if torch.is_tensor(v))
+    with disk_space_guard(root, needed, cleanup=lambda: shutil.rmtree(tmp, ignore_errors=True)):
+        write_json(tmp / RNG_PATTERN.format(accelerator.process_index), _rng_state())
+        if accelerator.is_main_process:
+            save_file({k: v.cpu() for k, v in weights.items()}, str(tmp / MODEL_FILE))
+            torch.save(optimizer_state, tmp / OPTIMIZER_FILE)
+            training = {"state": state.state_dict(), "scaler": scaler.state_dict() if scaler is not None else None}
+            write_json(tmp / STATE_FILE, training)
+            write_json(tmp / META, {**meta, "epoch": state.epoch, "step_in_epoch": state.step_in_epoch,
+                                    "global_step": state.global_step, "num_processes": accelerator.num_processes})
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if final.exists():

@@ -81,6 +81,7 @@ class StepRecord:
     step_in_epoch: int
     global_step: int
     lr: float
+    T: float                    # the share of the plain loss the step trained with (annealing_T, computed once)
     skipped: bool
     stop: bool
     loss: float                 # mean over processes of the step's loss (NaN when skipped)
@@ -159,7 +160,7 @@ def train_one_epoch(model, loader, optimizer, loss_fn, accelerator, opts: LoopOp
     device_skip = supports_device_skip(optimizer)
     flags = StepFlags(device, lag)
     mixup_gen = torch.Generator()
-    T = annealing_T(state.epoch, opts.epochs)
+    T = annealing_T(min(state.epoch, opts.schedule.epochs), opts.schedule.epochs)  # held at 0 past the schedule
     accum = opts.grad_accum_steps
     loss_sum = torch.full((), state.epoch_loss_sum, device=device)
     taken = torch.full((), float(state.epoch_loss_count), device=device)
@@ -179,7 +180,7 @@ def train_one_epoch(model, loader, optimizer, loss_fn, accelerator, opts: LoopOp
         nonlocal stop
         n = accelerator.num_processes
         record = StepRecord(epoch=info["epoch"], step_in_epoch=info["step_in_epoch"],
-                            global_step=info["global_step"], lr=info["lr"], skipped=values[0] > 0,
+                            global_step=info["global_step"], lr=info["lr"], T=T, skipped=values[0] > 0,
                             stop=values[1] > 0, loss=values[2] / n if values[0] == 0 else math.nan,
                             mean_weights=[v / n for v in values[3:]])
         stop = stop or record.stop

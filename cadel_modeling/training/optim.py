@@ -61,7 +61,9 @@ class OptimizerSpec:
 class LRSchedule:
     """The learning rate as a pure function of (epoch, step); ``from_config`` reads it from a run config.
 
-    cosine_epoch: ``min + (lr-min) * (1 + cos(pi*(epoch-1)/E)) / 2``, constant within an epoch.
+    cosine_epoch: ``min + (lr-min) * (1 + cos(pi*(epoch-1)/E)) / 2``, constant within an epoch. ``E`` is the
+    run's schedule (``schedule_epochs``, else ``epochs``); epochs past it keep the value of the last step of epoch E,
+    so a run extended on resume never restarts or re-stretches the schedule.
     warmup_cosine: ``t = epoch + step/steps_per_epoch`` (t starts at 1, as in the original, so warmup starts at
     lr/warmup); ``lr * t / W`` while t < W, then the half-cosine from W to E.
     """
@@ -78,11 +80,14 @@ class LRSchedule:
 
     @classmethod
     def from_config(cls, cfg) -> LRSchedule:
-        return cls(cfg.scheduler, cfg.lr, cfg.epochs, cfg.min_lr, cfg.warmup_epochs)
+        return cls(cfg.scheduler, cfg.lr, cfg.schedule_epochs or cfg.epochs, cfg.min_lr, cfg.warmup_epochs)
 
     def at(self, epoch: int, step: int = 0, steps_per_epoch: int = 1) -> float:
-        """Learning rate at 1-indexed ``epoch`` and 0-indexed ``step`` within it."""
+        """Learning rate at 1-indexed ``epoch`` and 0-indexed ``step`` within it; past ``epochs`` (a run extended on
+        resume) it holds its final value."""
         lr, lo, E = self.lr, self.min_lr, self.epochs
+        if epoch > E:  # past the schedule (a run extended on resume): the value of its last step
+            epoch, step = E, max(steps_per_epoch, 1) - 1
         if self.kind == "cosine_epoch":
             return lo + (lr - lo) * 0.5 * (1 + math.cos(math.pi * (epoch - 1) / E))
         t = epoch + step / max(steps_per_epoch, 1)

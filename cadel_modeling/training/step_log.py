@@ -11,8 +11,6 @@ import math
 import time
 from typing import Callable, List, Optional
 
-from .losses import annealing_T
-
 logger = logging.getLogger("cadel")
 
 
@@ -44,7 +42,7 @@ class StepLogger:
         rate = (step - self.last[1]) / max(now - self.last[0], 1e-9)          # steps/s over the window
         overall = (step - self.start[1]) / max(now - self.start[0], 1e-9)     # steps/s since this process started
         loss: Optional[float] = sum(self.losses) / len(self.losses) if self.losses else None
-        values = {"train/lr": record.lr, "train/T": annealing_T(record.epoch, self.epochs),
+        values = {"train/lr": record.lr, "train/T": record.T,
                   "train/skipped_steps": self.skipped_steps(), "train/images_per_s": self.batch_size * rate,
                   **{f"train/cascade_weight_exit{k + 1}": w for k, w in enumerate(record.mean_weights)}}
         if loss is not None:

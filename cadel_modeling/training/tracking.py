@@ -10,6 +10,9 @@ import logging
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from ..utils.errors import ConfigError
+from ..utils.secrets import without_secrets
+
 logger = logging.getLogger("cadel")
 
 TRACKERS = ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "swanlab", "trackio")
@@ -34,26 +37,33 @@ def resolve_trackers(report_to: str) -> List[str]:
     names = [n.strip() for n in report_to.split(",") if n.strip()]
     unknown = [n for n in names if n not in TRACKERS]
     if unknown:
-        raise ValueError(f"--report_to {','.join(unknown)}: not a tracker; choose from none, all, "
-                         f"{', '.join(TRACKERS)} (comma-separated)")
+        raise ConfigError(f"--report_to {','.join(unknown)}: not a tracker; choose from none, all, "
+                          f"{', '.join(TRACKERS)} (comma-separated)")
     missing = [n for n in names if not installed(n)]
     if missing:
         how = " ".join(f"'{EXTRAS.get(n, n)}'" for n in missing)
-        raise ImportError(f"--report_to {','.join(missing)}: not installed; pip install {how}")
+        raise ConfigError(f"--report_to {','.join(missing)}: not installed; pip install {how}")
     return names
 
 
 def tracking_kwargs(report_to: str, tracking_dir: Optional[str], default_dir: Path) -> dict:
     """``Accelerator`` keyword arguments for the chosen trackers (checked before anything is written)."""
     trackers = resolve_trackers(report_to)
+    if tracking_dir:  # a folder the trackers can create: its first existing ancestor is a folder
+        existing = next(p for p in [Path(tracking_dir), *Path(tracking_dir).parents] if p.exists() or p == Path("."))
+        if existing.exists() and not existing.is_dir():
+            raise ConfigError(f"--tracking_dir {tracking_dir}: {existing} is a file, not a folder; choose another "
+                              f"--tracking_dir")
     if not trackers:
         return {}
     return {"log_with": trackers, "project_dir": str(tracking_dir or default_dir)}
 
 
 def scalar_config(config: dict) -> Dict[str, object]:
-    """A config as trackers take it (tensorboard's hparams accept numbers, strings, bools and None only)."""
-    return {k: v if v is None or isinstance(v, (int, float, str, bool)) else str(v) for k, v in config.items()}
+    """A config as trackers take it (tensorboard's hparams accept numbers, strings, bools and None only), without
+    its secrets: trackers upload what they are given (wandb, mlflow)."""
+    return {k: v if v is None or isinstance(v, (int, float, str, bool)) else str(v)
+            for k, v in without_secrets(config).items()}
 
 
 def start(accelerator, run_name: str, config: dict) -> None:

@@ -2,10 +2,15 @@
 name beside the target, then rename. JSON and YAML only; nothing here unpickles."""
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Mapping
+
+from .errors import DiskFullError
 
 
 def write_json(path, obj) -> None:
@@ -15,6 +20,33 @@ def write_json(path, obj) -> None:
     with open(tmp, "w") as fh:
         json.dump(obj, fh, indent=2)
     os.replace(tmp, path)
+
+
+def free_bytes(folder) -> int:
+    """Free space on the file system holding ``folder`` (or its nearest existing parent)."""
+    path = Path(folder).absolute()
+    while not path.exists():
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+@contextmanager
+def disk_space_guard(folder, needed: int, cleanup=None):
+    """Running out of space while writing ``needed`` bytes into ``folder`` becomes a ``DiskFullError`` that names
+    the folder, the free space and the space needed. torch's writer says only "[enforce fail at
+    inline_container.cc] unexpected pos", so a write that fails while less than ``needed`` is free counts too.
+    ``cleanup`` removes the partial output (after the free space is read)."""
+    try:
+        yield
+    except (OSError, RuntimeError) as exc:
+        free = free_bytes(folder)
+        if cleanup is not None:
+            cleanup()
+        if not (isinstance(exc, OSError) and exc.errno == errno.ENOSPC or free < needed):
+            raise
+        raise DiskFullError(f"no space left writing to {folder}: {free / 2**20:.1f} MiB free, about "
+                            f"{needed / 2**20:.1f} MiB needed; free space there (or choose another folder) and rerun "
+                            f"(a stage-1 run resumes with --resume_from_checkpoint latest)") from exc
 
 
 def read_json(path) -> dict:
@@ -41,6 +73,9 @@ def rewrite_jsonl(path, records: Iterable[Mapping]) -> None:
 
 
 def command_line() -> str:
-    """The command that started this process, as a user would retype it (program name without its folder)."""
+    """The command that started this process, as a user would retype it (program name without its folder), with
+    any token redacted: it is recorded in run files and printed in retry commands."""
     import sys
-    return " ".join([Path(sys.argv[0]).name] + sys.argv[1:])
+
+    from .secrets import redact
+    return redact(" ".join([Path(sys.argv[0]).name] + sys.argv[1:]))

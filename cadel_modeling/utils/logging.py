@@ -43,6 +43,14 @@ def log_to_file(path: Optional[Path]) -> None:
     logging.getLogger().addHandler(handler)
 
 
+def close_log_file() -> None:
+    """Stop writing to the run's log file (its folder is about to be removed)."""
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if getattr(h, "cadel", False) and isinstance(h, logging.FileHandler)]:
+        root.removeHandler(handler)
+        handler.close()
+
+
 def bars_shown() -> bool:
     """tqdm bars on a terminal; in a log file (not a terminal) the ``--log_every`` lines say enough and redrawn bars
     would bury them. ``CADEL_PROGRESS=1`` forces the bars, ``CADEL_PROGRESS=0`` turns them off."""
