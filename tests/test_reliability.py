@@ -79,7 +79,11 @@ def test_bf16_mixed_precision_trains_on_the_cpu_and_saves_float32_weights(refere
     assert not same_weights(out / "last_model", reference_run / "last_model")   # autocast did change the numbers
     bf16_loss = [r["train_loss"] for r in log_of(out)]
     fp32_loss = [r["train_loss"] for r in log_of(reference_run)]
-    assert bf16_loss == pytest.approx(fp32_loss, rel=0.05)                   # the same training, to bf16 precision
+    # The same training to bf16 precision: epoch 1 within 5%, and bf16 learns as fp32 does. Later epochs drift
+    # apart chaotically (measured: 6.4% at epoch 2 after an input change of 1e-7 in the decoder), so they are held
+    # to 10% only.
+    assert bf16_loss[0] == pytest.approx(fp32_loss[0], rel=0.05)
+    assert bf16_loss[-1] < bf16_loss[0] and bf16_loss == pytest.approx(fp32_loss, rel=0.10)
 
 
 def test_same_seed_gives_identical_runs(reference_run, tmp_path):
