@@ -4,6 +4,7 @@ known in advance (validation top-1 that goes up and down, exits that disagree). 
 guard only slowly: the best epoch on validation (not the last), the exit(s) validated, the T the loss receives each
 epoch, and a stop signal (the checkpoint at the interrupted step, and a resume that repeats the uninterrupted run)."""
 import json
+import math
 
 import pytest
 import torch
@@ -135,3 +136,43 @@ def test_a_stop_signal_checkpoints_the_interrupted_step_and_resuming_repeats_the
     for folder in ("best_model", "last_model"):
         a, b = weights(tmp_path / "whole" / folder), weights(tmp_path / "cut" / folder)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ------------------------------------------------------------------------------------------------ stage 2
+@pytest.fixture(scope="module")
+def stage1_run(data_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("stage1") / "run"
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(stage1, "predict", ScriptedValidation(last=[1, 2], others=[0, 0]))
+        stage1.run(config(data_root, out, "--epochs", "2"))
+    return out
+
+
+def tail_or_head(label: int, rows: int = 8) -> tuple:
+    """[K, rows, C] logits preferring the head class 0 over the tail class 3 by 0.75 x log(n_0 / n_3): logit
+    adjustment turns the prediction to class 3 from tau = 1 on (tau 0 and 0.5 keep class 0); labels all ``label``."""
+    z = torch.full((rows, len(COUNTS)), -20.0)
+    z[:, 0] = 0.75 * math.log(COUNTS[0] / COUNTS[3])
+    z[:, 3] = 0.0
+    return z.expand(NUM_EXITS, -1, -1).clone(), torch.full((rows,), label)
+
+
+def test_stage2_chooses_tau_on_validation_not_on_test(stage1_run, monkeypatch):
+    from cadel_modeling.cli import resolve_config
+    from cadel_modeling.config import STAGE2
+    from cadel_modeling.stages import stage2
+
+    # validation rows are of the tail class (best tau: 1.0, the first of 1.0 and 1.5); test rows of the head class
+    # (best tau: 0)
+    splits = {"val": tail_or_head(3), "test": tail_or_head(0)}
+    monkeypatch.setattr(stage2, "predict_split", lambda model, loader, accelerator, size, split: splits[split])
+    cfg = resolve_config(STAGE2, ["--stage1_dir", str(stage1_run), "--tau_grid", "[0.0, 0.5, 1.0, 1.5]",
+                                  "--exit_weight_step", "0.5", "--select_inference_rule"], "")
+    summary = stage2.run(cfg)
+    assert [r["top1"] for r in summary["val_sweep"]] == [0.0, 0.0, 1.0, 1.0]
+    assert [r["top1"] for r in summary["test_sweep"]] == [1.0, 1.0, 0.0, 0.0]
+    assert summary["tau"] == 1.0 and summary["val_top1"] == 1.0 and summary["tau_selected_on"] == "val"
+    assert summary["ensemble"]["tau"] == 1.0 and summary["selected_rule"]["tau"] == 1.0
+    assert summary["test"][next(iter(summary["test"]))]["accuracy"] == 0.0  # the val choice, honestly reported
+    saved = json.loads((stage1_run / "stage2_logit_adjustment" / "model" / "config.json").read_text())
+    assert saved["tau"] == 1.0
