@@ -238,3 +238,39 @@ def test_a_stop_asked_by_another_process_stops_this_one_and_sets_its_flag():
                                  loop.LoopOptions.from_config(cfg), state, steps_per_epoch=5, preemption=preemption)
     assert preemption.requested and (state.step_in_epoch, state.global_step, stats["steps_taken"]) == (2, 2, 2)
     assert state.epoch_loss_count == 2  # the running loss kept for the checkpoint that follows
+
+
+def test_crt_tries_tau_0_first_and_only_0_without_its_adjustment():
+    from types import SimpleNamespace
+
+    from cadel_modeling.stages.stage2 import tau_grid_for
+    grid = ["0.5", 0.0, 1]
+    assert tau_grid_for(SimpleNamespace(tau_grid=grid, stage2_method="logit_adjustment")) == [0.5, 0.0, 1.0]
+    assert tau_grid_for(SimpleNamespace(tau_grid=grid, stage2_method="crt", crt_logit_adjustment=True)) == \
+        [0.0, 0.5, 1.0]
+    assert tau_grid_for(SimpleNamespace(tau_grid=grid, stage2_method="crt", crt_logit_adjustment=False)) == [0.0]
+
+
+def test_stage2_says_what_it_chose_line_by_line():
+    from cadel_modeling.stages.stage2 import choices_text
+    summary = {"method": "crt", "exits": [3], "tau": 0.5,
+               "val_sweep": [{"tau": 0.0, "top1": 0.5}, {"tau": 0.5, "top1": 0.625}],
+               "crt": {"exits": [1, 3], "best_epoch": 2, "epochs": 4, "best_val_top1": 0.6, "stage1_val_top1": 0.55,
+                       "lr": 0.05, "batch_size": 128},
+               "ensemble": {"rules_val_top1": {"last exit (CNN rule)": 0.625, "sum of exits (ViT rule)": 0.5},
+                            "normalized_weights": [0.25, 0.0, 0.75], "tau": 1.0, "val_top1": 0.7,
+                            "num_candidates": 30, "grid_step": 0.25},
+               "selected_rule": {"rule": "weighted", "exit_weights": [0.25, 0.0, 0.75], "tau": 1.0}}
+    assert choices_text(summary, 3).splitlines() == [
+        "stage 2 (crt), every choice made on the validation split:",
+        "  cRT of exits 1, 3: best epoch 2/4 (val top-1 60.00%, stage-1 classifiers 55.00%), lr 0.05, batch 128, "
+        "class-balanced sampling",
+        "  tau = 0.5 for the last exit (CNN rule) (val top-1 per tau: 0: 50.00, 0.5: 62.50)",
+        "  learned exit weights 0.25/0.00/0.75 with tau = 1: val top-1 70.00% (best of the rules: last exit (CNN "
+        "rule) 62.50%, sum of exits (ViT rule) 50.00%; 30 candidates, grid step 0.25)",
+        "  the model now predicts with learned exit weights 0.25/0/0.75, tau = 1 (--select_inference_rule)"]
+    summary = {**summary, "crt": {**summary["crt"], "exits": [3]}, "ensemble": None,
+               "selected_rule": {"rule": "sum", "exit_weights": None, "tau": 0.0}}
+    lines = choices_text(summary, 3).splitlines()
+    assert lines[1].startswith("  cRT of exit 3: best epoch") and len(lines) == 4
+    assert lines[3] == "  the model now predicts with the sum rule, tau = 0 (--select_inference_rule)"

@@ -157,7 +157,7 @@ def tail_or_head(label: int, rows: int = 8) -> tuple:
     return z.expand(NUM_EXITS, -1, -1).clone(), torch.full((rows,), label)
 
 
-def test_stage2_chooses_tau_on_validation_not_on_test(stage1_run, monkeypatch):
+def test_stage2_chooses_tau_on_validation_not_on_test(stage1_run, monkeypatch, capsys):
     from cadel_modeling.cli import resolve_config
     from cadel_modeling.config import STAGE2
     from cadel_modeling.stages import stage2
@@ -166,9 +166,30 @@ def test_stage2_chooses_tau_on_validation_not_on_test(stage1_run, monkeypatch):
     # (best tau: 0)
     splits = {"val": tail_or_head(3), "test": tail_or_head(0)}
     monkeypatch.setattr(stage2, "predict_split", lambda model, loader, accelerator, size, split: splits[split])
+    logged = []
+    make_accelerator = stage2.make_accelerator
+
+    def recording_accelerator(**kwargs):  # what trackers would receive
+        accelerator = make_accelerator(**kwargs)
+        accelerator.log = lambda values, step=None, **kw: logged.append((step, values))
+        return accelerator
+
+    monkeypatch.setattr(stage2, "make_accelerator", recording_accelerator)
     cfg = resolve_config(STAGE2, ["--stage1_dir", str(stage1_run), "--tau_grid", "[0.0, 0.5, 1.0, 1.5]",
                                   "--exit_weight_step", "0.5", "--select_inference_rule"], "")
     summary = stage2.run(cfg)
+    out = stage1_run / "stage2_logit_adjustment"
+    assert json.loads((out / "stage2_results.json").read_text()) == json.loads(json.dumps(summary))
+    assert (summary["method"], summary["inference_rule"], summary["exits"], summary["tau_grid"], summary["crt"]) == \
+        ("logit_adjustment", "last", [NUM_EXITS], [0.0, 0.5, 1.0, 1.5], None)
+    assert [(step, values) for step, values in logged] == [
+        (i, {"stage2/tau": t, "stage2/val_top1_at_tau": v}) for i, (t, v) in
+        enumerate(zip([0.0, 0.5, 1.0, 1.5], [0.0, 0.0, 1.0, 1.0]))] + \
+        [(4, {"stage2/chosen_tau": 1.0, "stage2/val_top1": 1.0})]
+    ensemble = json.loads((out / "model" / "ensemble.json").read_text())
+    assert ensemble["selected_on"] == "val" and ensemble["tau"] == 1.0
+    report = json.loads((out / "eval_test" / "results.json").read_text())
+    assert report["split"] == "test" and report["ensemble"] == {k: v for k, v in ensemble.items() if k != "selected_on"}
     assert [r["top1"] for r in summary["val_sweep"]] == [0.0, 0.0, 1.0, 1.0]
     assert [r["top1"] for r in summary["test_sweep"]] == [1.0, 1.0, 0.0, 0.0]
     assert summary["tau"] == 1.0 and summary["val_top1"] == 1.0 and summary["tau_selected_on"] == "val"
@@ -176,3 +197,12 @@ def test_stage2_chooses_tau_on_validation_not_on_test(stage1_run, monkeypatch):
     assert summary["test"][next(iter(summary["test"]))]["accuracy"] == 0.0  # the val choice, honestly reported
     saved = json.loads((stage1_run / "stage2_logit_adjustment" / "model" / "config.json").read_text())
     assert saved["tau"] == 1.0
+    printed = capsys.readouterr().out
+    assert "\n" + stage2.choices_text(summary, NUM_EXITS) + "\n" in printed and "\ntest split:\n" in printed
+    # without the exit-weight search: tau from the sweep alone, and the previous run's weights do not outlive it
+    summary = stage2.run(resolve_config(STAGE2, ["--stage1_dir", str(stage1_run), "--tau_grid",
+                                                 "[0.0, 0.5, 1.0, 1.5]", "--exit_weight_step", "0"], ""))
+    assert summary["ensemble"] is None and "selected_rule" not in summary
+    assert not (out / "model" / "ensemble.json").exists()
+    saved = json.loads((out / "model" / "config.json").read_text())
+    assert (saved["tau"], saved["inference_rule"], saved["exit_weights"]) == (1.0, "auto", None)
