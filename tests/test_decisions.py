@@ -274,3 +274,17 @@ def test_stage2_says_what_it_chose_line_by_line():
     lines = choices_text(summary, 3).splitlines()
     assert lines[1].startswith("  cRT of exit 3: best epoch") and len(lines) == 4
     assert lines[3] == "  the model now predicts with the sum rule, tau = 0 (--select_inference_rule)"
+
+
+def test_crt_options_name_the_exits_and_record_every_setting():
+    from types import SimpleNamespace
+
+    from cadel_modeling.stages.crt import CRT_FEATURES, CRTOptions
+    cfg = SimpleNamespace(crt_exits="all", crt_epochs=7, crt_lr=0.2, crt_batch_size=None, batch_size=64, momentum=0.8,
+                          weight_decay=1e-3, crt_reinit=False, seed=5)
+    opts = CRTOptions.from_config(cfg)
+    assert opts.exit_numbers(4) == [1, 2, 3, 4] and CRTOptions(exits="last").exit_numbers(4) == [4]
+    assert opts.record(3) == {"exits": [1, 2, 3], "epochs": 7, "lr": 0.2, "batch_size": 64, "momentum": 0.8,
+                              "weight_decay": 1e-3, "schedule": "cosine per epoch, no warmup", "reinit": False,
+                              "sampler": "class_balanced", "features": CRT_FEATURES}
+    assert CRTOptions.from_config(SimpleNamespace(**{**vars(cfg), "crt_batch_size": 32})).batch_size == 32
