@@ -288,3 +288,32 @@ def test_crt_options_name_the_exits_and_record_every_setting():
                               "weight_decay": 1e-3, "schedule": "cosine per epoch, no warmup", "reinit": False,
                               "sampler": "class_balanced", "features": CRT_FEATURES}
     assert CRTOptions.from_config(SimpleNamespace(**{**vars(cfg), "crt_batch_size": 32})).batch_size == 32
+
+
+def test_crt_reports_what_its_retrained_model_does():
+    from cadel_modeling.stages import crt
+    from cadel_modeling.training.optim import LRSchedule
+    data = shaded_split()
+    model = trained_mode_model(data)
+    stage1_model = trained_mode_model(data).eval()  # the same weights, never touched by cRT
+    spec = LoaderSpec(image_size=32, augmentation="none", eval_batch_size=4, num_workers=0)
+    opts = crt.CRTOptions(exits="all", epochs=3, lr=0.5, batch_size=5, seed=1)
+    accelerator = make_accelerator()
+    logits, record = crt.retrain_classifiers(opts, accelerator, model, data, spec)
+    loader, size = process_invariant_loader(data, "val", spec, 1)
+    expected, labels = predict_split(model, loader, accelerator, size, "val")  # the re-trained model, run afresh
+    for split in ("val", "test"):
+        torch.testing.assert_close(logits[split][0], expected, rtol=1e-4, atol=1e-4)
+        assert logits[split][1].tolist() == LABELS
+    stage1_logits, _ = predict_split(stage1_model, loader, accelerator, size, "val")
+    top1 = lambda z: (z[-1].argmax(-1) == labels).float().mean().item()  # noqa: E731 - the CNN rule, tau = 0
+    assert record["stage1_val_top1"] == top1(stage1_logits)
+    assert record["best_val_top1"] == max(r["val_top1"] for r in record["log"]) == top1(expected)
+    assert [r["epoch"] for r in record["log"]] == [1, 2, 3]
+    assert [r["lr"] for r in record["log"]] == [LRSchedule("cosine_epoch", 0.5, 3).at(e) for e in (1, 2, 3)]
+    assert all(r["train_loss"] > 0 for r in record["log"])
+    assert sum(record["drawn_per_class"]) == 3 * 2 * 5 and len(record["drawn_per_class"]) == 5  # 3 epochs x 2 steps
+    assert all(not torch.equal(model.exit_classifier(k).weight, stage1_model.exit_classifier(k).weight)
+               for k in (1, 2, 3))
+    assert all(torch.equal(a, b) for (n, a), (_, b) in zip(model.backbone.state_dict().items(),
+                                                           stage1_model.backbone.state_dict().items()))
