@@ -317,3 +317,37 @@ def test_crt_reports_what_its_retrained_model_does():
                for k in (1, 2, 3))
     assert all(torch.equal(a, b) for (n, a), (_, b) in zip(model.backbone.state_dict().items(),
                                                            stage1_model.backbone.state_dict().items()))
+
+
+# ------------------------------------------------------------------------------------------------ data and models
+def test_long_tailed_profile_edges_and_the_class_its_messages_name():
+    from cadel_modeling.data import long_tailed_counts, subsample_long_tailed
+    assert long_tailed_counts(10, 3, 1) == [10, 10, 10]  # IF 1: balanced, allowed
+    assert long_tailed_counts(10, 2, 1.5) == [10, 6]
+    assert long_tailed_counts(10, 1, 5) == [10]  # one class: no division by zero
+    with pytest.raises(ValueError, match=r"leaves class 2 \('c'\) and 0 more without images: raise --n_max to at "
+                                         r"least 20 or lower --imb_factor to at most 10"):
+        long_tailed_counts(10, 3, 20, class_names=["a", "b", "c"])  # [10, 2, 0]: only the last class is empty
+    with pytest.raises(ValueError, match=r"^class 1 \('b'\) has 2 images, fewer than the 2 training \+ 1 validation"):
+        subsample_long_tailed([0, 0, 0, 1, 1], [2, 2], val_per_class=1, class_names=["a", "b"])
+
+
+def test_a_model_for_other_data_is_refused_and_default_label_names_are_not():
+    from types import SimpleNamespace
+
+    from cadel_modeling.inference import check_model_matches_data
+    data = SimpleNamespace(num_classes=3, class_names=["cat", "dog", "owl"], class_counts=[5, 3, 1])
+    same = CadelConfig(backbone="test_resnet", num_labels=3, id2label={0: "cat", 1: "dog", 2: "owl"},
+                       class_counts=[5, 3, 1])
+    check_model_matches_data(same, data, "m")
+    check_model_matches_data(CadelConfig(backbone="test_resnet", num_labels=3, class_counts=[5, 3, 1]), data, "m")
+    check_model_matches_data(CadelConfig(backbone="test_resnet", num_labels=3, id2label=same.id2label), data, "m")
+    with pytest.raises(ValueError, match="m was trained for 4 classes but the dataset has 3"):
+        check_model_matches_data(CadelConfig(backbone="test_resnet", num_labels=4), data, "m")
+    renamed = CadelConfig(backbone="test_resnet", num_labels=3, id2label={0: "LABEL_0", 1: "cow", 2: "owl"})
+    with pytest.raises(ValueError, match=r"\(2 names differ; class 0: model 'LABEL_0' vs data 'cat', class 1: "
+                                         r"model 'cow' vs data 'dog'\); evaluate it"):
+        check_model_matches_data(renamed, data, "m")
+    recounted = CadelConfig(backbone="test_resnet", num_labels=3, id2label=same.id2label, class_counts=[5, 2, 1])
+    with pytest.raises(ValueError, match=r"\(class 1 'dog': 2 vs 3\)"):
+        check_model_matches_data(recounted, data, "m")
