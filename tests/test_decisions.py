@@ -351,3 +351,36 @@ def test_a_model_for_other_data_is_refused_and_default_label_names_are_not():
     recounted = CadelConfig(backbone="test_resnet", num_labels=3, id2label=same.id2label, class_counts=[5, 2, 1])
     with pytest.raises(ValueError, match=r"\(class 1 'dog': 2 vs 3\)"):
         check_model_matches_data(recounted, data, "m")
+
+
+def test_per_class_plot_shows_classes_by_size_with_their_groups(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    from cadel_modeling.metrics import plot_per_class_accuracy
+    figures = []
+    monkeypatch.setattr(Figure, "savefig", lambda self, path, **kw: figures.append(self))
+    counts = [3, 500, 20, 150, 7]  # sorted by size: 500, 150, 20, 7, 3 (classes 1, 3, 2, 4, 0)
+    accuracy = [0.0, 1.0, None, 0.5, 0.25]
+    plot_per_class_accuracy(tmp_path / "acc.png", accuracy, counts, "my title", ["eel", "cat", "owl", "dog", "ant"])
+    ax, count_ax = figures[0].axes
+    assert ax.get_title() == "my title" and ax.get_ylabel() == "accuracy (%)" and ax.get_ylim() == (0, 125)
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["cat", "dog", "owl", "ant", "eel"]
+    assert ax.patches[0].get_data().values.tolist() == [100.0, 50.0, 0.0, 25.0, 0.0]  # owl untested: drawn as 0
+    untested = [line for line in ax.lines if line.get_marker() == "x"][0]
+    assert untested.get_xdata().tolist() == [2] and untested.get_label() == "no test images"
+    assert count_ax.lines[0].get_ydata().tolist() == [500, 150, 20, 7, 3] and count_ax.get_yscale() == "log"
+    low, high = count_ax.get_ylim()
+    assert low == pytest.approx(3 / 1.5) and high == pytest.approx(2 * (500 / 2) ** 1.25)
+    texts = [t.get_text() for t in ax.texts]
+    assert texts == ["Many (>100)\n2 classes\nmean 75.0%", "Medium (20-100)\n1 classes\nno test images",
+                     "Few (<20)\n2 classes\nmean 12.5%"]
+    assert [round(t.get_position()[0], 6) for t in ax.texts] == [0.5, 2.0, 3.5]
+    boundaries = [line.get_xdata()[0] for line in ax.lines if line.get_linestyle() == ":"]
+    assert boundaries == [1.5, 2.5]  # between many | medium | few
+    means = sorted((seg[0][0], seg[1][0], seg[0][1]) for c in ax.collections for seg in c.get_segments())
+    assert means == [(-0.5, 1.5, 75.0), (2.5, 4.5, 12.5)]  # each tested group's mean, over its classes
+    assert [t.get_text() for t in figures[0].legends[0].get_texts()] == ["per-class accuracy", "no test images",
+                                                                         "training images"]
+    figures.clear()
+    plot_per_class_accuracy(tmp_path / "many.png", [0.5] * 31, list(range(31, 0, -1)), "t")
+    assert figures[0].axes[0].get_xlabel() == "classes, sorted by number of training images"
