@@ -384,3 +384,42 @@ def test_per_class_plot_shows_classes_by_size_with_their_groups(tmp_path, monkey
     figures.clear()
     plot_per_class_accuracy(tmp_path / "many.png", [0.5] * 31, list(range(31, 0, -1)), "t")
     assert figures[0].axes[0].get_xlabel() == "classes, sorted by number of training images"
+
+
+def test_the_model_config_carries_every_run_setting_and_the_datas_labels():
+    from types import SimpleNamespace
+
+    from cadel_modeling.config import RunConfig
+    from cadel_modeling.modeling.factory import model_config_for
+    settings = dict(backbone="test_resnet", backbone_kwargs={"drop_rate": 0.1}, image_size=48, exit_stages=[-2],
+                    exit_blocks=[1, 2], aux_head="light", aux_width=64, aux_groups=4, aux_padding="same",
+                    aux_depth=3, aux_norm=True, cosine_scale=16.0, drop_path=0.05, inference_rule="sum")
+    data = SimpleNamespace(num_classes=3, class_names=["a", "b", "c"], class_counts=[9, 4, 1], mean=(0.1, 0.2, 0.3),
+                           std=(0.4, 0.5, 0.6))
+    config = model_config_for(RunConfig(**settings), data)
+    assert {k: getattr(config, k) for k in settings} == settings
+    assert (config.num_labels, config.id2label, config.label2id, config.class_counts) == \
+        (3, {0: "a", 1: "b", 2: "c"}, {"a": 0, "b": 1, "c": 2}, [9, 4, 1])
+    assert (config.image_mean, config.image_std) == ([0.1, 0.2, 0.3], [0.4, 0.5, 0.6])
+
+
+def test_save_model_replaces_a_folder_and_leaves_no_temporary_one(tmp_path):
+    from cadel_modeling.config import RunConfig
+    from cadel_modeling.modeling.factory import load_model, save_model
+    from cadel_modeling.utils.finite import NonFiniteTensorError
+    cfg = RunConfig(backbone="test_resnet", image_size=32)
+    (tmp_path / "model.tmp").mkdir()
+    (tmp_path / "model.tmp" / "stale").write_text("a crashed save")
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = CadelForImageClassification(config())
+        save_model(model, tmp_path / "model", cfg, "none")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    assert {"preprocessor_config.json", "run_config.yaml", "model.safetensors"} <= \
+        {p.name for p in (tmp_path / "model").iterdir()} and not (tmp_path / "model" / "stale").exists()
+    loaded = load_model(tmp_path / "model")
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+    with torch.no_grad():
+        model.classifier.weight[0, 0] = float("inf")
+    with pytest.raises(NonFiniteTensorError, match=f"refusing to save the model to {tmp_path / 'other'}: 1 tensors"):
+        save_model(model, tmp_path / "other", cfg, "none")
