@@ -258,13 +258,35 @@ def test_an_optimizer_file_that_would_run_code_is_refused_without_running_it(acc
     assert not (tmp_path / "code_ran").exists()
 
 
-def test_a_checkpoint_without_a_scaler_loads_into_a_run_without_one(accelerator, tmp_path):
-    class Scaler:
-        def state_dict(self):
-            return {"scale": 8.0}
-    model, optimizer = tiny(0)
-    path = save_checkpoint(accelerator, model, optimizer, TrainState(global_step=1), tmp_path, 1, {}, Scaler())
-    load_checkpoint(path, accelerator, model, optimizer, TrainState(), scaler=None)  # the saved scale is ignored
+class Scaler:
+    """A mixed-precision scaler's checkpoint interface, recording what it is given."""
+
+    def __init__(self, scale=8.0):
+        self.scale, self.loaded = scale, []
+
+    def state_dict(self):
+        return {"scale": self.scale}
+
+    def load_state_dict(self, state):
+        self.loaded.append(state)
+
+
+def test_scaler_state_round_trips_and_a_run_without_a_scaler_ignores_it(accelerator, tmp_path):
+    saved_model, optimizer = tiny(0)
+    with_scaler = save_checkpoint(accelerator, saved_model, optimizer, TrainState(global_step=1), tmp_path / "a", 1,
+                                  {}, Scaler())
+    without = save_checkpoint(accelerator, saved_model, optimizer, TrainState(global_step=2), tmp_path / "b", 1, {})
+    scaler = Scaler(scale=1.0)
+    load_checkpoint(with_scaler, accelerator, *tiny(5), TrainState(), scaler=scaler)
+    assert scaler.loaded == [{"scale": 8.0}]
+    load_checkpoint(without, accelerator, *tiny(5), TrainState(), scaler=scaler)  # nothing saved: left as it is
+    assert scaler.loaded == [{"scale": 8.0}]
+    for path, step in ((with_scaler, 1), (without, 2)):  # a run without a scaler: everything else restored
+        model, optimizer = tiny(5)
+        state = TrainState()
+        load_checkpoint(path, accelerator, model, optimizer, state, scaler=None)
+        assert state.global_step == step
+        assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), saved_model.state_dict().values()))
 
 
 def test_a_checkpoint_that_does_not_record_its_process_count_counts_as_one_process(accelerator, tmp_path):

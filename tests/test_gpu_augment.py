@@ -74,15 +74,33 @@ def test_batch_decodes_and_augments_to_normalised_tensors(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_run_trains_with_decode_on_gpu(tmp_path):
+def test_a_run_trains_with_decode_on_gpu(tmp_path, monkeypatch):
+    import json
+
     from test_data_builders import write_split_lists
 
     from cadel_modeling.config import parse_config
+    from cadel_modeling.modeling.factory import load_model
     from cadel_modeling.stages import stage1
+    calls = []
+
+    class CountingAugment(DeviceAugment):  # every training batch goes through the device path, with its epoch
+        def __call__(self, batch, epoch, device):
+            out = super().__call__(batch, epoch, device)
+            calls.append((epoch, tuple(out.shape), bool(torch.isfinite(out).all())))
+            return out
+
+    monkeypatch.setattr(stage1, "DeviceAugment", CountingAugment)
     write_split_lists(tmp_path)
     cfg = parse_config(["--dataset", "imagenet_lt", "--data_dir", str(tmp_path / "ImageNet_LT"), "--image_root",
                         str(tmp_path), "--backbone", "test_resnet", "--image_size", "32", "--aux_head", "light",
-                        "--epochs", "2", "--batch_size", "7", "--eval_batch_size", "8", "--num_workers", "0",
+                        "--epochs", "2", "--augmentation", "imagenet", "--batch_size", "7", "--eval_batch_size", "8",
+                        "--num_workers", "0",
                         "--decode_on_gpu", "--output_dir", str(tmp_path / "run"), "--num_classes", "4"])
     summary = stage1.run(cfg)
-    assert summary["epochs"] == 2 and (tmp_path / "run" / "best_model" / "model.safetensors").exists()
+    assert summary["epochs"] == 2 and summary["skipped_steps"] == 0
+    assert calls == [(epoch, (7, 3, 32, 32), True) for epoch in (1, 1, 2, 2)]  # 14 images, 2 steps per epoch
+    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["steps_taken"] for r in log] == [2, 2] and all(np.isfinite(r["train_loss"]) for r in log)
+    best = load_model(tmp_path / "run" / "best_model")
+    assert all(torch.isfinite(t).all() for t in best.state_dict().values())

@@ -199,10 +199,8 @@ def run(cfg: RunConfig) -> dict:
     accelerator.log({"stage2/chosen_tau": net.config.tau, "stage2/val_top1": summary["val_top1"]}, step=len(sweep))
     if accelerator.is_main_process:
         save_model(net, out / "model", cfg, cfg.augmentation)
-        if ensemble:
+        if ensemble:  # save_model replaced the whole folder: a previous run's weights cannot outlive the search
             write_json(out / "model" / ENSEMBLE_FILE, {**ensemble, "selected_on": "val"})
-        else:  # a previous run's weights must not outlive the search being turned off
-            (out / "model" / ENSEMBLE_FILE).unlink(missing_ok=True)
         write_json(out / "stage2_results.json", summary)
         logger.info("stage 2 done: model with tau=%g in %s", net.config.tau, out / "model")
         if cfg.push_to_hub:  # after every local file is final; a failed push logs and keeps them

@@ -1,0 +1,209 @@
+"""Stage 1's decisions through its real entry point, in seconds: a test_resnet cascade on a 14-image
+ImageNet-LT-shaped folder (3 steps per epoch), with the validation logits scripted per epoch so that the choices are
+known in advance (validation top-1 that goes up and down, exits that disagree). Guards what the real-training tests
+guard only slowly: the best epoch on validation (not the last), the exit(s) validated, the T the loss receives each
+epoch, and a stop signal (the checkpoint at the interrupted step, and a resume that repeats the uninterrupted run)."""
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_data_builders import COUNTS, write_split_lists
+
+from cadel_modeling.config import parse_config
+from cadel_modeling.stages import stage1
+from cadel_modeling.training.checkpointing import list_checkpoints
+from cadel_modeling.training.preemption import Preempted
+
+EPOCHS = 4
+STEPS_PER_EPOCH = sum(COUNTS) // 4  # 3: the last, partial batch is dropped
+NUM_EXITS = 3  # test_resnet's cascade: two auxiliary exits and the backbone's own
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lists")
+    write_split_lists(root)
+    return root
+
+
+def config(root, out, *extra):
+    return parse_config(["--dataset", "imagenet_lt", "--data_dir", str(root / "ImageNet_LT"), "--image_root",
+                         str(root), "--backbone", "test_resnet", "--image_size", "32", "--aux_head", "light",
+                         "--epochs", str(EPOCHS), "--batch_size", "4", "--eval_batch_size", "8", "--num_workers",
+                         "0", "--augmentation", "none", "--keep_last_checkpoints", "10", "--output_dir", str(out),
+                         *extra])
+
+
+def scripted_logits(correct_rows: int, labels: torch.Tensor, num_classes: int = len(COUNTS)) -> torch.Tensor:
+    """[N, C] logits whose argmax is the label on the first ``correct_rows`` rows and the next class elsewhere."""
+    predicted = torch.where(torch.arange(len(labels)) < correct_rows, labels, (labels + 1) % num_classes)
+    return 5.0 * torch.nn.functional.one_hot(predicted, num_classes).float()
+
+
+class ScriptedValidation:
+    """Stands in for ``stage1.predict``: per epoch, the last exit gets ``last[e]`` correct rows of 8 and the other
+    exits ``others[e]``; records which exits each call asked for."""
+
+    def __init__(self, last, others):
+        self.last, self.others, self.asked = last, others, []
+
+    def __call__(self, model, loader, accelerator, exits=None, desc=""):
+        epoch = len(self.asked)
+        self.asked.append(exits)
+        labels = torch.cat([b["labels"] for b in loader]).cpu()
+        every = [scripted_logits(self.others[epoch], labels)] * (NUM_EXITS - 1) + \
+            [scripted_logits(self.last[epoch], labels)]
+        chosen = every if exits is None else [every[k - 1] for k in exits]
+        return torch.stack(chosen), labels
+
+
+def weights(folder):
+    return load_file(str(folder / "model.safetensors"))
+
+
+def test_the_best_validation_epoch_is_kept_not_the_last(data_root, tmp_path, monkeypatch):
+    # last exit (the CNN rule's score): 2, 6, 4, 6 of 8 right -> best epoch 2 (a later tie does not replace it);
+    # the auxiliary exits peak at epoch 1 and would choose it
+    validation = ScriptedValidation(last=[2, 6, 4, 6], others=[8, 0, 0, 0])
+    monkeypatch.setattr(stage1, "predict", validation)
+    out = tmp_path / "run"
+    summary = stage1.run(config(data_root, out))
+    assert validation.asked == [[NUM_EXITS]] * EPOCHS  # a CNN validates on its last exit only, raw
+    assert (summary["best_epoch"], summary["best_val_top1"]) == (2, 0.75)
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["val_top1"] for r in log] == [0.25, 0.75, 0.5, 0.75]
+    assert [(r["best_epoch"], r["best_val_top1"]) for r in log] == [(1, 0.25), (2, 0.75), (2, 0.75), (2, 0.75)]
+    # best_model holds the weights of the end of epoch 2 (its end-of-epoch checkpoint), not those of the last epoch
+    end_of_epoch = {int(p.name.split("_")[1]): p for p in list_checkpoints(out)}
+    best, epoch2 = weights(out / "best_model"), weights(end_of_epoch[2 * STEPS_PER_EPOCH])
+    assert best.keys() and all(torch.equal(best[k], epoch2[k]) for k in best)
+    last = weights(out / "last_model")
+    assert any(not torch.equal(best[k], last[k]) for k in best)
+
+
+def test_the_loss_receives_each_epochs_T_and_the_log_records_it(data_root, tmp_path, monkeypatch):
+    monkeypatch.setattr(stage1, "predict", ScriptedValidation(last=[1] * EPOCHS, others=[1] * EPOCHS))
+    seen = []
+
+    class RecordingLoss(stage1.CascadeLoss):
+        def forward(self, exit_logits, y_a, y_b, lam, T):
+            seen.append(T)
+            return super().forward(exit_logits, y_a, y_b, lam, T)
+
+    monkeypatch.setattr(stage1, "CascadeLoss", RecordingLoss)
+    out = tmp_path / "run"
+    stage1.run(config(data_root, out))
+    expected = [1 - e / EPOCHS for e in range(1, EPOCHS + 1)]  # 0.75, 0.5, 0.25, 0: T = 1 - epoch / E, 1-indexed
+    assert seen == [t for t in expected for _ in range(STEPS_PER_EPOCH)]
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["T"] for r in log] == expected
+
+
+def interrupt_at(monkeypatch, global_step: int) -> None:
+    """A stop signal arriving while step ``global_step`` runs (the loop sees it once that step's flags are read)."""
+    real = stage1.train_one_epoch
+
+    def train_one_epoch(*args, preemption=None, on_step=None, **kwargs):
+        def step(record):
+            if record.global_step == global_step - 1:
+                preemption.requested = True
+            if on_step is not None:
+                on_step(record)
+        return real(*args, preemption=preemption, on_step=step, **kwargs)
+
+    monkeypatch.setattr(stage1, "train_one_epoch", train_one_epoch)
+
+
+def test_a_stop_signal_checkpoints_the_interrupted_step_and_resuming_repeats_the_run(data_root, tmp_path,
+                                                                                      monkeypatch):
+    monkeypatch.setattr(stage1, "predict", ScriptedValidation(last=[2, 6, 4, 6] * 2, others=[0] * 8))
+    stage1.run(config(data_root, tmp_path / "whole"))
+
+    monkeypatch.setattr(stage1, "predict", ScriptedValidation(last=[2, 6, 4, 6], others=[0] * 4))
+    with monkeypatch.context() as m:
+        interrupt_at(m, global_step=5)  # epoch 2, its second step of three
+        with pytest.raises(Preempted, match="at epoch 2 step 2;"):
+            stage1.run(config(data_root, tmp_path / "cut"))
+    meta = json.loads((list_checkpoints(tmp_path / "cut")[-1] / "cadel_checkpoint.json").read_text())
+    assert (meta["epoch"], meta["step_in_epoch"]) == (2, 2)
+    assert [p.name for p in list_checkpoints(tmp_path / "cut")] == ["step_00000003", "step_00000005"]
+    # epoch 2 had not been validated: the resumed run validates epochs 2-4 and takes the same decisions
+    monkeypatch.setattr(stage1, "predict", ScriptedValidation(last=[6, 4, 6], others=[0] * 3))
+    summary = stage1.run(config(data_root, tmp_path / "cut", "--resume_from_checkpoint", "latest"))
+    assert (summary["best_epoch"], summary["best_val_top1"]) == (2, 0.75)
+    for folder in ("best_model", "last_model"):
+        a, b = weights(tmp_path / "whole" / folder), weights(tmp_path / "cut" / folder)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ------------------------------------------------------------------------------------------------ stage 2
+@pytest.fixture(scope="module")
+def stage1_run(data_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("stage1") / "run"
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(stage1, "predict", ScriptedValidation(last=[1, 2], others=[0, 0]))
+        stage1.run(config(data_root, out, "--epochs", "2"))
+    return out
+
+
+def tail_or_head(label: int, rows: int = 8) -> tuple:
+    """[K, rows, C] logits preferring the head class 0 over the tail class 3 by 0.75 x log(n_0 / n_3): logit
+    adjustment turns the prediction to class 3 from tau = 1 on (tau 0 and 0.5 keep class 0); labels all ``label``."""
+    z = torch.full((rows, len(COUNTS)), -20.0)
+    z[:, 0] = 0.75 * math.log(COUNTS[0] / COUNTS[3])
+    z[:, 3] = 0.0
+    return z.expand(NUM_EXITS, -1, -1).clone(), torch.full((rows,), label)
+
+
+def test_stage2_chooses_tau_on_validation_not_on_test(stage1_run, monkeypatch, capsys):
+    from cadel_modeling.cli import resolve_config
+    from cadel_modeling.config import STAGE2
+    from cadel_modeling.stages import stage2
+
+    # validation rows are of the tail class (best tau: 1.0, the first of 1.0 and 1.5); test rows of the head class
+    # (best tau: 0)
+    splits = {"val": tail_or_head(3), "test": tail_or_head(0)}
+    monkeypatch.setattr(stage2, "predict_split", lambda model, loader, accelerator, size, split: splits[split])
+    logged = []
+    make_accelerator = stage2.make_accelerator
+
+    def recording_accelerator(**kwargs):  # what trackers would receive
+        accelerator = make_accelerator(**kwargs)
+        accelerator.log = lambda values, step=None, **kw: logged.append((step, values))
+        return accelerator
+
+    monkeypatch.setattr(stage2, "make_accelerator", recording_accelerator)
+    cfg = resolve_config(STAGE2, ["--stage1_dir", str(stage1_run), "--tau_grid", "[0.0, 0.5, 1.0, 1.5]",
+                                  "--exit_weight_step", "0.5", "--select_inference_rule", "--overwrite_output_dir"], "")
+    summary = stage2.run(cfg)
+    out = stage1_run / "stage2_logit_adjustment"
+    assert json.loads((out / "stage2_results.json").read_text()) == json.loads(json.dumps(summary))
+    assert (summary["method"], summary["inference_rule"], summary["exits"], summary["tau_grid"], summary["crt"]) == \
+        ("logit_adjustment", "last", [NUM_EXITS], [0.0, 0.5, 1.0, 1.5], None)
+    assert [(step, values) for step, values in logged] == [
+        (i, {"stage2/tau": t, "stage2/val_top1_at_tau": v}) for i, (t, v) in
+        enumerate(zip([0.0, 0.5, 1.0, 1.5], [0.0, 0.0, 1.0, 1.0]))] + \
+        [(4, {"stage2/chosen_tau": 1.0, "stage2/val_top1": 1.0})]
+    ensemble = json.loads((out / "model" / "ensemble.json").read_text())
+    assert ensemble["selected_on"] == "val" and ensemble["tau"] == 1.0
+    report = json.loads((out / "eval_test" / "results.json").read_text())
+    assert report["split"] == "test" and report["ensemble"] == {k: v for k, v in ensemble.items() if k != "selected_on"}
+    assert [r["top1"] for r in summary["val_sweep"]] == [0.0, 0.0, 1.0, 1.0]
+    assert [r["top1"] for r in summary["test_sweep"]] == [1.0, 1.0, 0.0, 0.0]
+    assert summary["tau"] == 1.0 and summary["val_top1"] == 1.0 and summary["tau_selected_on"] == "val"
+    assert summary["ensemble"]["tau"] == 1.0 and summary["selected_rule"]["tau"] == 1.0
+    assert summary["test"][next(iter(summary["test"]))]["accuracy"] == 0.0  # the val choice, honestly reported
+    saved = json.loads((stage1_run / "stage2_logit_adjustment" / "model" / "config.json").read_text())
+    assert saved["tau"] == 1.0
+    printed = capsys.readouterr().out
+    assert "\n" + stage2.choices_text(summary, NUM_EXITS) + "\n" in printed and "\ntest split:\n" in printed
+    # without the exit-weight search: tau from the sweep alone, and the previous run's weights do not outlive it
+    summary = stage2.run(resolve_config(STAGE2, ["--stage1_dir", str(stage1_run), "--tau_grid",
+                                                 "[0.0, 0.5, 1.0, 1.5]", "--exit_weight_step", "0",
+                                                 "--overwrite_output_dir"], ""))
+    assert summary["ensemble"] is None and "selected_rule" not in summary
+    assert not (out / "model" / "ensemble.json").exists()
+    saved = json.loads((out / "model" / "config.json").read_text())
+    assert (saved["tau"], saved["inference_rule"], saved["exit_weights"]) == (1.0, "auto", None)
