@@ -117,14 +117,13 @@ def stage1_progress(stage1: Path) -> dict:
 
 
 def run(cfg: RunConfig) -> dict:
-    out = Path(cfg.stage1_dir) / f"stage2_{cfg.stage2_method}"
+    stage1 = Path(cfg.stage1_dir)
+    out = stage1 / f"stage2_{cfg.stage2_method}"
     accelerator = make_accelerator(**tracking_kwargs(cfg.report_to, cfg.tracking_dir, out / "tracking"))
     setup_logging(accelerator.is_main_process)
-    stage1 = Path(cfg.stage1_dir)
     model_dir = stage1 / "best_model"
     if not (model_dir / "config.json").exists():
         raise MissingInputError(f"{model_dir} has no model: run train_stage1.py with --output_dir {stage1} first")
-    out = stage1 / f"stage2_{cfg.stage2_method}"
     if out.is_dir() and any(out.iterdir()) and not cfg.overwrite_output_dir:
         raise OutputDirError(f"{out} already holds a stage-2 result; pass --overwrite_output_dir to replace it")
     stage1_state = stage1_progress(stage1)
