@@ -11,7 +11,6 @@ stage-1 run that fails before its first checkpoint leaves nothing behind: its fo
 """
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import sys
@@ -19,16 +18,15 @@ import tempfile
 import traceback
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from .config import ConfigError, RunConfig, load_run_config, parse_config, print_preset_listing
-from .config.schema import EVALUATE, STAGE1, STAGE2
+from .config.schema import STAGE1, STAGE2
 from .utils.errors import MissingInputError
 from .utils.logging import close_log_file
 from .utils.run_lock import RunLock
 
 EXIT_ERROR = 1
-STAGE_MODULES = {STAGE1: "stage1", STAGE2: "stage2", EVALUATE: "evaluation"}
 
 
 def resolve_config(command: str, argv: Sequence[str], description: str) -> RunConfig:
@@ -100,7 +98,9 @@ def _unclaim(lock: RunLock) -> None:
         lock.discard_written()
 
 
-def run_command(command: str, description: str, argv: Optional[Sequence[str]] = None) -> int:
+def run_command(command: str, description: str, argv: Optional[Sequence[str]],
+                stage_run: Callable[[RunConfig], object]) -> int:
+    """Run ``stage_run`` (the command's stage) on the config the flags resolve to; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--list_presets" in argv:
         print_preset_listing()
@@ -112,12 +112,11 @@ def run_command(command: str, description: str, argv: Optional[Sequence[str]] = 
     lock = None
     try:
         cfg = resolve_config(command, argv, description)
-        stage = importlib.import_module(f".stages.{STAGE_MODULES[command]}", __package__)
         if os.environ.get("RANK", "0") == "0":  # one lock per run, held by the main process
             lock = RunLock(run_folder(command, cfg), what=f"cadel {command}")
         with lock or nullcontext():
             try:
-                stage.run(cfg)
+                stage_run(cfg)
             except Exception:
                 if command == STAGE1 and lock is not None:
                     _unclaim(lock)
