@@ -151,8 +151,7 @@ def run(cfg: RunConfig) -> dict:
     if steps_per_epoch == 0:
         raise ConfigError(f"batch_size {cfg.batch_size} is larger than the training split "
                           f"({data.num_train_images} images); lower --batch_size")
-    loss_fn = CascadeLoss(cfg.bins, cfg.gamma, cfg.base_weight, cfg.weight_mode, cfg.resolved_base_loss(),
-                          class_counts=data.class_counts).to(accelerator.device)
+    loss_fn = CascadeLoss.from_config(cfg, data.class_counts).to(accelerator.device)
     net = accelerator.unwrap_model(model)
     state = TrainState()
     if resume_path is not None:
@@ -190,8 +189,8 @@ def run(cfg: RunConfig) -> dict:
     opts = LoopOptions.from_config(cfg)
     prepare_batch = None
     if cfg.decode_on_gpu:
-        jitter = cfg.color_jitter if data.color_jitter is None else data.color_jitter
-        augment = DeviceAugment(cfg.image_size, data.mean, data.std, jitter, cfg.hflip, cfg.seed)
+        augment = DeviceAugment(cfg.image_size, data.mean, data.std, data.train_color_jitter(cfg.color_jitter),
+                                cfg.hflip, cfg.seed)
 
         def prepare_batch(batch):
             return augment(batch, state.epoch, accelerator.device)
