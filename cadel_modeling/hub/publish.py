@@ -17,7 +17,7 @@ from typing import Dict, Optional, Sequence
 
 import yaml
 
-from ..modeling.locate import RUN_CONFIG_NAME
+from ..run_layout import ENSEMBLE_FILE, PUBLISHED_RUN_FILES, RUN_CONFIG_NAME, eval_name
 from ..utils.errors import ConfigError, MissingInputError
 from ..utils.secrets import redact, without_secrets
 from .model_card import build_model_card
@@ -25,9 +25,8 @@ from .run_folders import RunFolders
 
 logger = logging.getLogger("cadel")
 
-MODEL_FILES = ("config.json", "preprocessor_config.json", RUN_CONFIG_NAME, "ensemble.json", "modeling_cadel.py",
+MODEL_FILES = ("config.json", "preprocessor_config.json", RUN_CONFIG_NAME, ENSEMBLE_FILE, "modeling_cadel.py",
                "heads.py", "backbones.py")
-RUN_FILES = ("config.yaml", "run_info.json", "train_log.jsonl", "stage1_summary.json", "stage2_results.json")
 RESULT_FILES = ("results.json", "all_results.json", "per_class.csv", "per_class_accuracy.png")
 TEXT_SUFFIXES = (".json", ".jsonl", ".yaml", ".md", ".csv")
 PATH_KEYS = ("output_dir", "data_dir", "image_root", "pretrained_checkpoint", "init_from", "stage1_dir", "eval_model",
@@ -93,14 +92,14 @@ def files_to_upload(path, eval_dirs: Sequence = ()) -> Dict[str, Path]:
              if p.is_file() and (p.name in MODEL_FILES or p.name.endswith((".safetensors", ".safetensors.index.json")))}
     if not any(name.endswith(".safetensors") for name in files):
         raise MissingInputError(f"{folders.model_dir} has no .safetensors weights to upload")
-    for name in RUN_FILES:
+    for name in PUBLISHED_RUN_FILES:
         found = folders.find(name)
         if found is not None:
             files[name] = found
     for split, folder in folders.evaluations(eval_dirs).items():
         for name in RESULT_FILES:
             if (folder / name).is_file():
-                files[f"eval_{split}/{name}"] = folder / name
+                files[f"{eval_name(split)}/{name}"] = folder / name
     return files
 
 

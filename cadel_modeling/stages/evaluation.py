@@ -19,6 +19,7 @@ from ..modeling.factory import load_model
 from ..modeling.locate import find_model_dir, load_ensemble
 from ..posthoc import selected_exits
 from ..results import write_report
+from ..run_layout import TRACKING, eval_dir, eval_name
 from ..training import tracking
 from ..training.accelerator import make_accelerator
 from ..training.tracking import tracking_kwargs
@@ -31,11 +32,12 @@ logger = logging.getLogger("cadel")
 
 def run(cfg: RunConfig) -> Dict[str, dict]:
     local = Path(cfg.eval_model).is_dir()
-    out_dir = (find_model_dir(cfg.eval_model) if local else Path(cfg.output_dir)) / f"eval_{cfg.eval_split}"
-    accelerator = make_accelerator(**tracking_kwargs(cfg.report_to, cfg.tracking_dir, out_dir / "tracking"))
+    model_dir = find_model_dir(cfg.eval_model) if local else None  # a Hub model: fetched below, by one process first
+    out_dir = eval_dir(model_dir if local else cfg.output_dir, cfg.eval_split)
+    accelerator = make_accelerator(**tracking_kwargs(cfg.report_to, cfg.tracking_dir, out_dir / TRACKING))
     setup_logging(accelerator.is_main_process)
     with accelerator.main_process_first():  # one Hub download and one dataset build; the others read the cache
-        model_dir = find_model_dir(cfg.eval_model)
+        model_dir = model_dir or find_model_dir(cfg.eval_model)
         data = build_datasets(DataOptions.from_config(cfg))
     model = load_model(model_dir)
     check_model_matches_data(model.config, data, str(model_dir))
@@ -51,7 +53,7 @@ def run(cfg: RunConfig) -> Dict[str, dict]:
     results = write_report(exit_logits, labels, net.config, data, out_dir, cfg.eval_split, exits=cfg.eval_exits,
                            ensemble=ensemble, is_main=accelerator.is_main_process, test_agnostic=test_agnostic,
                            provenance={"command": command_line(), "num_processes": accelerator.num_processes})
-    tracking.start(accelerator, cfg.run_name or f"eval_{cfg.eval_split}", cfg.to_dict())
+    tracking.start(accelerator, cfg.run_name or eval_name(cfg.eval_split), cfg.to_dict())
     if results:
         main = next(iter(results.values()))
         accelerator.log({f"eval/{cfg.eval_split}/{k}": v for k, v in main.items()

@@ -23,7 +23,6 @@ from ..data.loaders import LoaderSpec
 from ..inference import check_model_matches_data, predict_split, process_invariant_loader
 from ..metrics import format_table
 from ..modeling.factory import load_model, save_model
-from ..modeling.locate import ENSEMBLE_FILE
 from ..posthoc import (
     pick_tau,
     rule_change_evidence,
@@ -34,6 +33,18 @@ from ..posthoc import (
     tau_sweep,
 )
 from ..results import write_report
+from ..run_layout import (
+    BEST_MODEL,
+    CONFIG_FILE,
+    ENSEMBLE_FILE,
+    STAGE1_SUMMARY_FILE,
+    STAGE2_MODEL,
+    STAGE2_RESULTS_FILE,
+    TRACKING,
+    TRAIN_LOG_FILE,
+    eval_dir,
+    stage2_dir,
+)
 from ..training import tracking
 from ..training.accelerator import make_accelerator
 from ..training.tracking import tracking_kwargs
@@ -108,20 +119,20 @@ def choices_text(summary: dict, num_exits: int) -> str:
 def stage1_progress(stage1: Path) -> dict:
     """Whether the stage-1 run finished: its summary is written last, and its log holds every epoch (a run stopped
     by a signal, or extended and not yet done, has neither or fewer)."""
-    epochs_done = max((r["epoch"] for r in read_jsonl(stage1 / "train_log.jsonl")), default=0)
-    config = stage1 / "config.yaml"
+    epochs_done = max((r["epoch"] for r in read_jsonl(stage1 / TRAIN_LOG_FILE)), default=0)
+    config = stage1 / CONFIG_FILE
     epochs = load_run_config(config).get("epochs") if config.is_file() else None
-    summary = (stage1 / "stage1_summary.json").is_file()
+    summary = (stage1 / STAGE1_SUMMARY_FILE).is_file()
     return {"finished": summary and epochs is not None and epochs_done >= epochs, "epochs_done": epochs_done,
             "epochs": epochs, "summary": summary}
 
 
 def run(cfg: RunConfig) -> dict:
     stage1 = Path(cfg.stage1_dir)
-    out = stage1 / f"stage2_{cfg.stage2_method}"
-    accelerator = make_accelerator(**tracking_kwargs(cfg.report_to, cfg.tracking_dir, out / "tracking"))
+    out = stage2_dir(stage1, cfg.stage2_method)
+    accelerator = make_accelerator(**tracking_kwargs(cfg.report_to, cfg.tracking_dir, out / TRACKING))
     setup_logging(accelerator.is_main_process)
-    model_dir = stage1 / "best_model"
+    model_dir = stage1 / BEST_MODEL
     if not (model_dir / "config.json").exists():
         raise MissingInputError(f"{model_dir} has no model: run train_stage1.py with --output_dir {stage1} first")
     if out.is_dir() and any(out.iterdir()) and not cfg.overwrite_output_dir:
@@ -184,7 +195,7 @@ def run(cfg: RunConfig) -> dict:
     if "test" in logits:
         test_logits, test_labels = logits["test"]
         summary["test_sweep"] = tau_sweep(test_logits, test_labels, counts, grid, rule, cfg.eval_exits)
-        results = write_report(test_logits, test_labels, net.config, data, out / "eval_test", "test",
+        results = write_report(test_logits, test_labels, net.config, data, eval_dir(out, "test"), "test",
                                exits=cfg.eval_exits, ensemble=ensemble, is_main=accelerator.is_main_process,
                                test_agnostic=cfg.eval_test_agnostic,
                                provenance={k: summary[k] for k in ("command", "num_processes")})
@@ -197,15 +208,15 @@ def run(cfg: RunConfig) -> dict:
         accelerator.log({"stage2/tau": r["tau"], "stage2/val_top1_at_tau": r["top1"]}, step=i)
     accelerator.log({"stage2/chosen_tau": net.config.tau, "stage2/val_top1": summary["val_top1"]}, step=len(sweep))
     if accelerator.is_main_process:
-        save_model(net, out / "model", cfg, cfg.augmentation)
+        save_model(net, out / STAGE2_MODEL, cfg, cfg.augmentation)
         if ensemble:
-            write_json(out / "model" / ENSEMBLE_FILE, {**ensemble, "selected_on": "val"})
+            write_json(out / STAGE2_MODEL / ENSEMBLE_FILE, {**ensemble, "selected_on": "val"})
         else:  # a previous run's weights must not outlive the search being turned off
-            (out / "model" / ENSEMBLE_FILE).unlink(missing_ok=True)
-        write_json(out / "stage2_results.json", summary)
-        logger.info("stage 2 done: model with tau=%g in %s", net.config.tau, out / "model")
+            (out / STAGE2_MODEL / ENSEMBLE_FILE).unlink(missing_ok=True)
+        write_json(out / STAGE2_RESULTS_FILE, summary)
+        logger.info("stage 2 done: model with tau=%g in %s", net.config.tau, out / STAGE2_MODEL)
         if cfg.push_to_hub:  # after every local file is final; a failed push logs and keeps them
-            push(cfg, out / "model")
+            push(cfg, out / STAGE2_MODEL)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return summary

@@ -1,0 +1,24 @@
+"""The run layout is spelled in one module: no other module of the package writes a run folder or file name."""
+import re
+from pathlib import Path
+
+from cadel_modeling import run_layout
+
+PACKAGE = Path(run_layout.__file__).parent
+NAMES = [run_layout.CONFIG_FILE, run_layout.RUN_INFO_FILE, run_layout.TRAIN_LOG_FILE, run_layout.TEXT_LOG_FILE,
+         run_layout.STAGE1_SUMMARY_FILE, run_layout.STAGE2_RESULTS_FILE, run_layout.CHECKPOINTS, run_layout.BEST_MODEL,
+         run_layout.LAST_MODEL, run_layout.RUN_CONFIG_NAME, run_layout.ENSEMBLE_FILE]
+
+
+def test_run_folder_names_are_spelled_only_in_the_layout_module():
+    names = "|".join(map(re.escape, NAMES))
+    literal = re.compile(rf"[\"'/]({names})[\"'/]|[\"']stage2_[{{*]|[\"']eval_\*|eval_{{(split|cfg)")
+    found = [f"{path.relative_to(PACKAGE)}: {m.group(0)}" for path in sorted(PACKAGE.rglob("*.py"))
+             if path.name != "run_layout.py" for m in literal.finditer(path.read_text())]
+    assert not found
+
+
+def test_stage2_and_eval_folders():
+    assert run_layout.stage2_dir("runs/a", "crt") == Path("runs/a/stage2_crt")
+    assert run_layout.eval_dir("runs/a/best_model", "val") == Path("runs/a/best_model/eval_val")
+    assert run_layout.split_of_eval_dir(Path("runs/a/eval_test")) == "test"
