@@ -15,12 +15,11 @@ from __future__ import annotations
 import logging
 import shutil
 from pathlib import Path
-from typing import List
 
 from ..config import RunConfig, load_run_config
 from ..data import DataOptions, build_datasets
 from ..data.loaders import LoaderSpec
-from ..inference import check_model_matches_data, predict_split, process_invariant_loader
+from ..inference import check_model_matches_data
 from ..metrics import format_table
 from ..modeling.factory import load_model, save_model
 from ..posthoc import (
@@ -51,22 +50,15 @@ from ..training.tracking import tracking_kwargs
 from ..utils.errors import ConfigError, MissingInputError, OutputDirError
 from ..utils.io import command_line, read_jsonl, write_json
 from ..utils.logging import setup_logging
-from . import push
-from .crt import CRTOptions, retrain_classifiers
+from . import crt, logit_adjustment, push
 
 logger = logging.getLogger("cadel")
 
+# The stage-2 methods by --stage2_method name: a module each, with split_logits, tau_grid and report_lines. A new
+# method is one module and one line here (and its name in config/schema.py's choices; a test ties the two).
+# stage2_results.json keeps the method's record under "crt" (None for logit adjustment), as it always has.
+METHODS = {"logit_adjustment": logit_adjustment, "crt": crt}
 
-
-def tau_grid_for(cfg: RunConfig) -> List[float]:
-    """The configured grid; cRT also tries tau = 0 first (it may already be balanced), or only 0 when its
-    adjustment is turned off."""
-    grid = [float(t) for t in cfg.tau_grid]
-    if cfg.stage2_method != "crt":
-        return grid
-    if not cfg.crt_logit_adjustment:
-        return [0.0]
-    return [0.0] + [t for t in grid if t != 0.0]
 
 
 def select_inference_rule(model_config, ensemble: dict, evidence: dict) -> dict:
@@ -90,12 +82,7 @@ def select_inference_rule(model_config, ensemble: dict, evidence: dict) -> dict:
 def choices_text(summary: dict, num_exits: int) -> str:
     """What stage 2 chose, one line per decision, for the log and the printed report."""
     lines = [f"stage 2 ({summary['method']}), every choice made on the validation split:"]
-    crt = summary.get("crt")
-    if crt:
-        lines.append(f"  cRT of exit{'s' if len(crt['exits']) > 1 else ''} {', '.join(map(str, crt['exits']))}: "
-                     f"best epoch {crt['best_epoch']}/{crt['epochs']} (val top-1 {100 * crt['best_val_top1']:.2f}%, "
-                     f"stage-1 classifiers {100 * crt['stage1_val_top1']:.2f}%), lr {crt['lr']:g}, batch "
-                     f"{crt['batch_size']}, class-balanced sampling")
+    lines += METHODS[summary["method"]].report_lines(summary["crt"])
     sweep = ", ".join(f"{r['tau']:g}: {100 * r['top1']:.2f}" for r in summary["val_sweep"])
     lines.append(f"  tau = {summary['tau']:g} for the {selection_name(tuple(summary['exits']), num_exits)} "
                  f"(val top-1 per tau: {sweep})")
@@ -152,20 +139,11 @@ def run(cfg: RunConfig) -> dict:
     check_model_matches_data(model.config, data, str(model_dir))
     main_exits = selected_exits(len(model.aux_exits) + 1, model.config.resolved_inference_rule, cfg.eval_exits)
     loader_spec = LoaderSpec.from_config(cfg)
-    if cfg.stage2_method == "crt":
-        logits, crt = retrain_classifiers(CRTOptions.from_config(cfg), accelerator, model, data, loader_spec,
-                                          eval_exits=cfg.eval_exits)
-        net = model
-    else:
-        loaders = {s: process_invariant_loader(data, s, loader_spec, accelerator.num_processes)
-                   for s in ("val", "test") if s in data.splits}
-        model, *prepared = accelerator.prepare(model, *(dl for dl, _ in loaders.values()))
-        logits = {s: predict_split(model, dl, accelerator, size, s)  # one pass per split
-                  for (s, (_, size)), dl in zip(loaders.items(), prepared)}
-        net, crt = accelerator.unwrap_model(model), None
+    method = METHODS[cfg.stage2_method]
+    logits, net, record = method.split_logits(cfg, accelerator, model, data, loader_spec)
     rule = net.config.resolved_inference_rule
     counts = net.config.class_counts
-    grid = tau_grid_for(cfg)
+    grid = method.tau_grid(cfg)
     val_logits, val_labels = logits["val"]
     num_exits = val_logits.shape[0]
     sweep = tau_sweep(val_logits, val_labels, counts, grid, rule, cfg.eval_exits)
@@ -183,7 +161,7 @@ def run(cfg: RunConfig) -> dict:
                "num_processes": accelerator.num_processes, "stage1": stage1_state,
                "inference_rule": rule, "exits": list(main_exits),
                "tau": tau, "tau_selected_on": "val", "tau_grid": grid, "val_top1": max(r["top1"] for r in sweep),
-               "val_sweep": sweep, "crt": crt, "ensemble": ensemble, "rule_evidence": evidence}
+               "val_sweep": sweep, "crt": record, "ensemble": ensemble, "rule_evidence": evidence}
     if cfg.select_inference_rule:
         summary["selected_rule"] = select_inference_rule(net.config, ensemble, evidence)
     if accelerator.is_main_process:
