@@ -22,7 +22,7 @@ from typing import Callable, Optional, Sequence
 
 from .config import ConfigError, RunConfig, load_run_config, parse_config, print_preset_listing
 from .config.schema import STAGE1, STAGE2
-from .run_layout import BEST_MODEL
+from .run_layout import BEST_MODEL, run_dir_of
 from .utils.errors import MissingInputError
 from .utils.logging import close_log_file
 from .utils.run_lock import RunLock
@@ -86,8 +86,8 @@ def run_folder(command: str, cfg: RunConfig) -> Path:
         return Path(cfg.stage1_dir)
     if not Path(cfg.eval_model).is_dir():
         return Path(cfg.output_dir)
-    from .hub.run_folders import RunFolders
-    return RunFolders.locate(cfg.eval_model).run_dir
+    from .modeling.locate import find_model_dir
+    return run_dir_of(find_model_dir(cfg.eval_model))
 
 
 def _unclaim(lock: RunLock) -> None:

@@ -11,6 +11,7 @@ upload and model lookup all read it from here).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 CONFIG_FILE = "config.yaml"                # the resolved stage-1 config
 RUN_INFO_FILE = "run_info.json"            # command, versions, classes, config changes on resume
@@ -50,3 +51,19 @@ def eval_name(split: str) -> str:
 
 def split_of_eval_dir(folder: Path) -> str:
     return folder.name[len(EVAL_PREFIX):]
+
+
+def stage_dir_of(model_dir: Path) -> Optional[Path]:
+    """The stage-2 folder a model folder lies in (``stage2_<method>/model``), or None."""
+    if model_dir.name == STAGE2_MODEL and model_dir.parent.name.startswith(STAGE2_PREFIX):
+        return model_dir.parent
+    return None
+
+
+def run_dir_of(model_dir: Path) -> Path:
+    """The stage-1 run folder a model folder belongs to; a standalone model folder (or a downloaded Hub
+    repository) is its own."""
+    stage_dir = stage_dir_of(model_dir)
+    if stage_dir is not None:
+        return stage_dir.parent
+    return model_dir.parent if model_dir.name in STAGE1_MODELS else model_dir

@@ -22,3 +22,14 @@ def test_stage2_and_eval_folders():
     assert run_layout.stage2_dir("runs/a", "crt") == Path("runs/a/stage2_crt")
     assert run_layout.eval_dir("runs/a/best_model", "val") == Path("runs/a/best_model/eval_val")
     assert run_layout.split_of_eval_dir(Path("runs/a/eval_test")) == "test"
+
+
+def test_the_run_folder_of_each_kind_of_model_folder():
+    run = Path("runs/a")
+    assert run_layout.run_dir_of(run / "best_model") == run
+    assert run_layout.run_dir_of(run / "last_model") == run
+    assert run_layout.run_dir_of(run / "stage2_crt" / "model") == run
+    assert run_layout.stage_dir_of(run / "stage2_crt" / "model") == run / "stage2_crt"
+    assert run_layout.stage_dir_of(run / "best_model") is None
+    assert run_layout.run_dir_of(Path("hub/user__m")) == Path("hub/user__m")  # a standalone model is its own
+    assert run_layout.run_dir_of(Path("x/model")) == Path("x/model")  # "model" outside a stage2_ folder

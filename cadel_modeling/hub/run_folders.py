@@ -9,7 +9,7 @@ from typing import Dict, Optional, Sequence
 import yaml
 
 from ..modeling.locate import find_model_dir
-from ..run_layout import EVAL_PREFIX, STAGE1_MODELS, STAGE2_MODEL, STAGE2_PREFIX, split_of_eval_dir
+from ..run_layout import EVAL_PREFIX, run_dir_of, split_of_eval_dir, stage_dir_of
 from ..utils.io import read_json
 
 
@@ -24,11 +24,7 @@ class RunFolders:
     @classmethod
     def locate(cls, path) -> RunFolders:
         model_dir = find_model_dir(str(path))
-        if model_dir.name == STAGE2_MODEL and model_dir.parent.name.startswith(STAGE2_PREFIX):
-            return cls(model_dir, model_dir.parent, model_dir.parent.parent)
-        if model_dir.name in STAGE1_MODELS:
-            return cls(model_dir, None, model_dir.parent)
-        return cls(model_dir, None, model_dir)
+        return cls(model_dir, stage_dir_of(model_dir), run_dir_of(model_dir))
 
     def find(self, name: str) -> Optional[Path]:
         """A run file, looked up in the model folder, the stage-2 folder, then the run folder."""
