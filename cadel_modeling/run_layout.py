@@ -29,9 +29,15 @@ EVAL_PREFIX = "eval_"
 STAGE2_MODEL = "model"                     # the model folder inside stage2_<method>/
 RUN_CONFIG_NAME = "run_config.yaml"        # the run config saved with every model's weights
 ENSEMBLE_FILE = "ensemble.json"            # exit weights and their tau learned on validation by stage 2
+CARD_FILE = "README.md"                    # the model card
+RESULTS_FILE = "results.json"              # an evaluation: every score variant's metrics
+ALL_RESULTS_FILE = "all_results.json"      # the main metrics as flat eval_* keys (HF examples' file)
+PER_CLASS_CSV = "per_class.csv"
+PER_CLASS_PLOT = "per_class_accuracy.png"
 
 RUN_FILES = (CONFIG_FILE, RUN_INFO_FILE, TRAIN_LOG_FILE, STAGE1_SUMMARY_FILE, TEXT_LOG_FILE)  # stage 1's own files
 PUBLISHED_RUN_FILES = (CONFIG_FILE, RUN_INFO_FILE, TRAIN_LOG_FILE, STAGE1_SUMMARY_FILE, STAGE2_RESULTS_FILE)  # uploaded
+RESULT_FILES = (RESULTS_FILE, ALL_RESULTS_FILE, PER_CLASS_CSV, PER_CLASS_PLOT)  # an eval_<split> folder's files
 RUN_FOLDERS = (CHECKPOINTS, BEST_MODEL, LAST_MODEL, TRACKING)
 RUN_MARKERS = (CONFIG_FILE, RUN_INFO_FILE, CHECKPOINTS)  # any of these: a cadel run folder
 STAGE1_MODELS = (BEST_MODEL, LAST_MODEL)

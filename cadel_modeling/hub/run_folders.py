@@ -9,7 +9,7 @@ from typing import Dict, Optional, Sequence
 import yaml
 
 from ..modeling.locate import find_model_dir
-from ..run_layout import EVAL_PREFIX, run_dir_of, split_of_eval_dir, stage_dir_of
+from ..run_layout import EVAL_PREFIX, RESULTS_FILE, run_dir_of, split_of_eval_dir, stage_dir_of
 from ..utils.io import read_json
 
 
@@ -41,8 +41,8 @@ class RunFolders:
         folders += [Path(f) for f in extra]
         found = {}
         for folder in folders:
-            if (folder / "results.json").is_file():
-                split = read_json(folder / "results.json").get("split") or split_of_eval_dir(folder)
+            if (folder / RESULTS_FILE).is_file():
+                split = read_json(folder / RESULTS_FILE).get("split") or split_of_eval_dir(folder)
                 found[split] = folder
         return found
 

@@ -19,7 +19,7 @@ from ..modeling.factory import load_model
 from ..modeling.locate import find_model_dir, load_ensemble
 from ..posthoc import selected_exits
 from ..results import write_report
-from ..run_layout import TRACKING, eval_dir, eval_name
+from ..run_layout import CARD_FILE, PER_CLASS_CSV, PER_CLASS_PLOT, RESULTS_FILE, TRACKING, eval_dir, eval_name
 from ..training import tracking
 from ..training.accelerator import make_accelerator
 from ..training.tracking import tracking_kwargs
@@ -61,10 +61,10 @@ def run(cfg: RunConfig) -> Dict[str, dict]:
     if accelerator.is_main_process:
         print(f"\n{model_dir} on {cfg.dataset} {cfg.eval_split} ({len(labels)} images)")
         print(format_table(results))
-        print(f"\nresults: {out_dir / 'results.json'}, per-class: {out_dir / 'per_class.csv'}, "
-              f"plot: {out_dir / 'per_class_accuracy.png'}")
+        print(f"\nresults: {out_dir / RESULTS_FILE}, per-class: {out_dir / PER_CLASS_CSV}, "
+              f"plot: {out_dir / PER_CLASS_PLOT}")
         if cfg.push_to_hub:  # a Hub model's results live in output_dir, outside the read-only cache
-            extra = {} if local else {"eval_dirs": [out_dir], "card_path": Path(cfg.output_dir) / "README.md"}
+            extra = {} if local else {"eval_dirs": [out_dir], "card_path": Path(cfg.output_dir) / CARD_FILE}
             push(cfg, model_dir, repo_id=cfg.hub_model_id or (None if local else cfg.eval_model), **extra)
     accelerator.wait_for_everyone()
     accelerator.end_training()

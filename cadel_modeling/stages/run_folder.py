@@ -18,7 +18,7 @@ from typing import List, Optional
 
 from ..config import RunConfig
 from ..config.schema import FIELDS, STAGE1, fields_of
-from ..run_layout import EVAL_PREFIX, RUN_FILES, RUN_FOLDERS, RUN_INFO_FILE, RUN_MARKERS, STAGE2_PREFIX
+from ..run_layout import CARD_FILE, EVAL_PREFIX, RUN_FILES, RUN_FOLDERS, RUN_INFO_FILE, RUN_MARKERS, STAGE2_PREFIX
 from ..training.checkpointing import CheckpointError, checkpoint_root, latest_valid, list_checkpoints, read_meta, verify
 from ..utils.errors import ConfigError, OutputDirError
 from ..utils.io import read_json
@@ -33,7 +33,7 @@ def folder_state(out: Path) -> str:
         return "empty"
     names = {p.name.removesuffix(".tmp").removesuffix(".old") for p in entries}  # half-written saves too
     cadel = set(RUN_FILES) | set(RUN_FOLDERS) | {n for n in names if n.startswith((STAGE2_PREFIX, EVAL_PREFIX))} | \
-        {"README.md"}
+        {CARD_FILE}
     return "run" if names & set(RUN_MARKERS) and names <= cadel else "other"
 
 
