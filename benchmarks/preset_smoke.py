@@ -49,8 +49,7 @@ def smoke(name: str, steps: int, warmup: int, gpus: int, quick: bool) -> dict:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, OptimizerSpec.from_config(cfg))
     set_learning_rate(optimizer, cfg.lr)
-    loss_fn = CascadeLoss(cfg.bins, cfg.gamma, cfg.base_weight, cfg.weight_mode, cfg.resolved_base_loss(),
-                          class_counts=counts).to(device)
+    loss_fn = CascadeLoss.from_config(cfg, counts).to(device)
     x = torch.randn(batch, 3, size, size, device=device)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)

@@ -11,7 +11,6 @@ stage-1 run that fails before its first checkpoint leaves nothing behind: its fo
 """
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import sys
@@ -19,16 +18,16 @@ import tempfile
 import traceback
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from .config import ConfigError, RunConfig, load_run_config, parse_config, print_preset_listing
-from .config.schema import EVALUATE, STAGE1, STAGE2
+from .config.schema import STAGE1, STAGE2
+from .run_layout import BEST_MODEL, run_dir_of
 from .utils.errors import MissingInputError
 from .utils.logging import close_log_file
 from .utils.run_lock import RunLock
 
 EXIT_ERROR = 1
-STAGE_MODULES = {STAGE1: "stage1", STAGE2: "stage2", EVALUATE: "evaluation"}
 
 
 def resolve_config(command: str, argv: Sequence[str], description: str) -> RunConfig:
@@ -41,7 +40,7 @@ def resolve_config(command: str, argv: Sequence[str], description: str) -> RunCo
     if command == STAGE2:
         if not first.stage1_dir:
             raise ConfigError("--stage1_dir is required: the stage-1 output_dir to start from")
-        model_dir = Path(first.stage1_dir) / "best_model"
+        model_dir = Path(first.stage1_dir) / BEST_MODEL
         if not (model_dir / "config.json").is_file():
             raise MissingInputError(f"{model_dir} holds no model: run stage 1 with --output_dir {first.stage1_dir} "
                                     f"first (or point --stage1_dir at a stage-1 run folder)")
@@ -87,8 +86,8 @@ def run_folder(command: str, cfg: RunConfig) -> Path:
         return Path(cfg.stage1_dir)
     if not Path(cfg.eval_model).is_dir():
         return Path(cfg.output_dir)
-    from .hub.run_folders import RunFolders
-    return RunFolders.locate(cfg.eval_model).run_dir
+    from .modeling.locate import find_model_dir
+    return run_dir_of(find_model_dir(cfg.eval_model))
 
 
 def _unclaim(lock: RunLock) -> None:
@@ -100,7 +99,9 @@ def _unclaim(lock: RunLock) -> None:
         lock.discard_written()
 
 
-def run_command(command: str, description: str, argv: Optional[Sequence[str]] = None) -> int:
+def run_command(command: str, description: str, argv: Optional[Sequence[str]],
+                stage_run: Callable[[RunConfig], object]) -> int:
+    """Run ``stage_run`` (the command's stage) on the config the flags resolve to; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--list_presets" in argv:
         print_preset_listing()
@@ -112,12 +113,11 @@ def run_command(command: str, description: str, argv: Optional[Sequence[str]] = 
     lock = None
     try:
         cfg = resolve_config(command, argv, description)
-        stage = importlib.import_module(f".stages.{STAGE_MODULES[command]}", __package__)
         if os.environ.get("RANK", "0") == "0":  # one lock per run, held by the main process
             lock = RunLock(run_folder(command, cfg), what=f"cadel {command}")
         with lock or nullcontext():
             try:
-                stage.run(cfg)
+                stage_run(cfg)
             except Exception:
                 if command == STAGE1 and lock is not None:
                     _unclaim(lock)

@@ -6,12 +6,19 @@
 Prints overall / many / medium / few top-1, top-5, ECE and NLL for the model's inference rule (before and after
 logit adjustment) and for each exit; writes results.json, all_results.json, per_class.csv and per_class_accuracy.png.
 """
+from typing import Dict
+
 from .cli import run_command
-from .config.schema import EVALUATE
+from .config.schema import EVALUATE, RunConfig
+
+
+def run(cfg: RunConfig) -> Dict[str, dict]:
+    from .stages import evaluation  # here, not at the top: --help and --list_presets answer without loading torch
+    return evaluation.run(cfg)
 
 
 def main(argv=None) -> int:
-    return run_command(EVALUATE, __doc__, argv)
+    return run_command(EVALUATE, __doc__, argv, run)
 
 
 if __name__ == "__main__":

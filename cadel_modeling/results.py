@@ -14,6 +14,7 @@ import torch
 from .metrics import compute_long_tail_metrics, plot_per_class_accuracy, write_per_class_csv
 from .modeling.heads import weighted_scores
 from .posthoc import ensemble_scores, selected_exits, selection_name
+from .run_layout import ALL_RESULTS_FILE, PER_CLASS_CSV, PER_CLASS_PLOT, RESULTS_FILE
 from .utils.errors import DataError
 from .utils.io import write_json
 
@@ -126,10 +127,10 @@ def write_report(exit_logits, labels, model_config, data, out_dir: Path, split: 
             for name, idx in shifted_test_subsets(labels, data.class_counts).items()}
     record.update(provenance or {})
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / "results.json", record)
-    write_json(out_dir / "all_results.json", flat_results(main, model_config.tau, len(labels)))
-    write_per_class_csv(out_dir / "per_class.csv", main["per_class_accuracy"], data.class_counts, data.class_names)
-    plot_per_class_accuracy(out_dir / "per_class_accuracy.png", main["per_class_accuracy"], data.class_counts,
+    write_json(out_dir / RESULTS_FILE, record)
+    write_json(out_dir / ALL_RESULTS_FILE, flat_results(main, model_config.tau, len(labels)))
+    write_per_class_csv(out_dir / PER_CLASS_CSV, main["per_class_accuracy"], data.class_counts, data.class_names)
+    plot_per_class_accuracy(out_dir / PER_CLASS_PLOT, main["per_class_accuracy"], data.class_counts,
                             title=f"{model_config.backbone} CADEL, {split} split, {main_name}",
                             class_names=data.class_names)
     if test_agnostic:

@@ -9,11 +9,16 @@ model are written to --output_dir. Exit codes: 0 done, 2 bad input, 3 diverged, 
 (resume with --resume_from_checkpoint latest).
 """
 from .cli import run_command
-from .config.schema import STAGE1
+from .config.schema import STAGE1, RunConfig
+
+
+def run(cfg: RunConfig) -> dict:
+    from .stages import stage1  # here, not at the top: --help and --list_presets answer without loading torch
+    return stage1.run(cfg)
 
 
 def main(argv=None) -> int:
-    return run_command(STAGE1, __doc__, argv)
+    return run_command(STAGE1, __doc__, argv, run)
 
 
 if __name__ == "__main__":

@@ -7,11 +7,16 @@
 The settings saved with the stage-1 model are the base; the flags below override what stage 2 may change.
 """
 from .cli import run_command
-from .config.schema import STAGE2
+from .config.schema import STAGE2, RunConfig
+
+
+def run(cfg: RunConfig) -> dict:
+    from .stages import stage2  # here, not at the top: --help and --list_presets answer without loading torch
+    return stage2.run(cfg)
 
 
 def main(argv=None) -> int:
-    return run_command(STAGE2, __doc__, argv)
+    return run_command(STAGE2, __doc__, argv, run)
 
 
 if __name__ == "__main__":

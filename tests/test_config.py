@@ -449,3 +449,32 @@ def test_mixed_precision_reaches_the_accelerator(monkeypatch):
         with pytest.raises(InterruptedError):
             stage1.run(parse_config(argv))
         assert seen["mixed_precision"] == expected
+
+
+# -- one source per list: each choice list of the schema names exactly what its registry builds ----------------------
+
+def test_dataset_choices_are_the_registered_builders():
+    from cadel_modeling.config.schema import FIELDS
+    from cadel_modeling.data.registry import DATASET_BUILDERS
+    assert sorted(FIELDS["dataset"].metadata["choices"]) == sorted(DATASET_BUILDERS)
+
+
+def test_base_loss_choices_are_the_losses_plus_auto():
+    from cadel_modeling.config.schema import FIELDS
+    from cadel_modeling.training.losses import BASE_LOSSES
+    assert tuple(FIELDS["base_loss"].metadata["choices"]) == ("auto", *BASE_LOSSES)
+
+
+def test_the_loss_a_config_asks_for():
+    from cadel_modeling.training.losses import CascadeLoss
+    cfg = RunConfig(backbone="test_vit", base_loss="auto", bins=3, gamma=0.5, base_weight=1.5,
+                    weight_mode="batch_scalar_legacy")
+    loss = CascadeLoss.from_config(cfg, [5, 1])
+    assert (loss.bins, loss.gamma, loss.base_weight, loss.weight_mode, loss.base_loss) == \
+        (3, 0.5, 1.5, "batch_scalar_legacy", "bce")  # auto resolves to the ViT's BCE
+
+
+def test_a_dataset_trained_without_color_jitter_keeps_it_off():
+    from cadel_modeling.data.base import LongTailedData
+    assert LongTailedData(None, {}, ["a"]).train_color_jitter(0.4) == 0.4
+    assert LongTailedData(None, {}, ["a"], color_jitter=0.0).train_color_jitter(0.4) == 0.0

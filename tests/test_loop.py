@@ -1,5 +1,6 @@
 """The training loop reads nothing from the device on the host per step: its flags come back ``lag`` steps late,
 and every other host read happens once per epoch, however many steps the epoch has."""
+import functools
 from types import SimpleNamespace
 
 import pytest
@@ -15,6 +16,7 @@ from cadel_modeling.training.losses import CascadeLoss
 from cadel_modeling.training.optim import OptimizerSpec, build_optimizer
 from cadel_modeling.training.step_log import StepLogger
 
+real_flags = loop.StepFlags
 READS = {torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.__bool__, torch.Tensor.__float__, torch.Tensor.__int__,
          torch.Tensor.__index__, torch.Tensor.numpy}
 
@@ -56,6 +58,7 @@ def run_epoch(steps: int, monkeypatch, lag: int = 2, log_every: int = 0):
             mode.reading = False
 
     monkeypatch.setattr(loop, "read_host", counted_read)
+    monkeypatch.setattr(loop, "StepFlags", functools.partial(real_flags, lag=lag))  # a GPU's lag, on the CPU
     records = []
     lines = StepLogger(accelerator, log_every=log_every, batch_size=4, epochs=2, steps_per_epoch=steps, start_step=0,
                        skipped_steps=lambda: state.skipped_steps)
@@ -65,7 +68,7 @@ def run_epoch(steps: int, monkeypatch, lag: int = 2, log_every: int = 0):
         lines(record)
     with mode:
         loop.train_one_epoch(model, batches, optimizer, CascadeLoss(), accelerator, loop.LoopOptions.from_config(cfg),
-                             state, steps_per_epoch=steps, lag=lag, on_step=on_step)
+                             state, steps_per_epoch=steps, on_step=on_step)
     return mode.reads, flag_reads, records
 
 

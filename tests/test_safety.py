@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cadel_modeling import cli
+from cadel_modeling import cli, train_stage1
 from cadel_modeling.config import ConfigError, RunConfig, parse_config
 from cadel_modeling.config.schema import STAGE1
 from cadel_modeling.data import build_datasets
@@ -170,7 +170,7 @@ def test_only_cadels_user_errors_exit_2_and_an_internal_error_exits_1_with_a_poi
     from cadel_modeling.stages import stage1
     argv = ["--output_dir", str(tmp_path / "out")]
     monkeypatch.setattr(stage1, "run", lambda cfg: torch.cat([]))  # a bug: a library's ValueError/RuntimeError
-    assert cli.run_command(STAGE1, "", argv) == 1
+    assert train_stage1.main(argv) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err[0].startswith("internal error: ValueError: torch.cat(): expected a non-empty list of Tensors")
     assert "a bug in cadel" in err[1] and "not a problem with your input" in err[1]
@@ -180,7 +180,7 @@ def test_only_cadels_user_errors_exit_2_and_an_internal_error_exits_1_with_a_poi
     def user_error(cfg):
         raise OutputDirError("that folder is taken")
     monkeypatch.setattr(stage1, "run", user_error)
-    assert cli.run_command(STAGE1, "", argv) == 2
+    assert train_stage1.main(argv) == 2
     assert capsys.readouterr().err.startswith("error: that folder is taken\n")
     assert not (tmp_path / "out").exists()  # in both cases no folder is claimed
 
@@ -193,12 +193,12 @@ def test_a_failure_before_the_first_checkpoint_leaves_no_claimed_folder(tmp_path
         Path(cfg.output_dir, "train.log").write_text("started\n")
         raise KeyError("late")
     monkeypatch.setattr(stage1, "run", fails_after_writing)
-    assert cli.run_command(STAGE1, "", ["--output_dir", str(tmp_path / "out")]) == 1
+    assert train_stage1.main(["--output_dir", str(tmp_path / "out")]) == 1
     assert not (tmp_path / "out").exists()
     used = tmp_path / "used"  # a folder that held a run before is never cleaned up on failure
     used.mkdir()
     (used / "run_info.json").write_text("{}")
-    assert cli.run_command(STAGE1, "", ["--output_dir", str(used), "--overwrite_output_dir"]) == 1
+    assert train_stage1.main(["--output_dir", str(used), "--overwrite_output_dir"]) == 1
     assert (used / "config.yaml").is_file()
 
 

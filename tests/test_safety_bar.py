@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import pytest
 from PIL import Image
 
-from cadel_modeling import cli
+from cadel_modeling import evaluate, train_stage1, train_stage2
 from cadel_modeling.config.schema import EVALUATE, STAGE1, STAGE2
 from cadel_modeling.utils.run_lock import LOCK_NAME
 
@@ -23,6 +23,7 @@ from conftest import REPO, requires_fashion_mnist
 
 pytestmark = [pytest.mark.slow, requires_fashion_mnist]
 
+COMMANDS = {STAGE1: train_stage1, STAGE2: train_stage2, EVALUATE: evaluate}
 TOKEN = "hf_FAKEsecret123"
 S1 = ["--config", "fashion_mnist_lt", "--backbone", "test_resnet", "--n_max", "100", "--imb_factor", "10",
       "--image_size", "32", "--batch_size", "32", "--num_workers", "0", "--epochs", "1"]
@@ -49,7 +50,7 @@ def command(name: str, command_name: str, argv: list, monkeypatch) -> tuple:
     monkeypatch.setattr(sys, "argv", [name] + argv)
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = cli.run_command(command_name, "", argv)
+        code = COMMANDS[command_name].main(argv)
     return code, out.getvalue() + err.getvalue()
 
 

@@ -187,3 +187,24 @@ def test_learned_exit_weights_match_or_beat_every_rule_on_val(seed):
     scores = weighted_scores(z, found["weights"], counts, found["tau"])  # the choice reproduces its own top-1
     assert (scores.argmax(-1) == labels).float().mean().item() == found["val_top1"]
     assert found["num_candidates"] == (2 + 66) * len(grid) and sum(found["normalized_weights"]) == pytest.approx(1)
+
+
+def test_stage2_method_choices_are_the_method_table():
+    from cadel_modeling.config.schema import FIELDS
+    from cadel_modeling.stages.stage2 import METHODS
+    assert list(FIELDS["stage2_method"].metadata["choices"]) == list(METHODS)
+
+
+def test_each_method_searches_its_own_tau_grid():
+    from cadel_modeling.config import RunConfig
+    from cadel_modeling.stages.stage2 import METHODS
+    grid = [1.0, 0.0, 1.2]
+    assert METHODS["logit_adjustment"].tau_grid(RunConfig(tau_grid=grid)) == [1.0, 0.0, 1.2]
+    assert METHODS["crt"].tau_grid(RunConfig(tau_grid=grid)) == [0.0, 1.0, 1.2]  # 0 first, once
+    assert METHODS["crt"].tau_grid(RunConfig(tau_grid=grid, crt_logit_adjustment=False)) == [0.0]
+    assert METHODS["logit_adjustment"].report_lines(None) == []
+    record = {"exits": [2, 3], "best_epoch": 4, "epochs": 10, "best_val_top1": 0.5, "stage1_val_top1": 0.25,
+              "lr": 0.05, "batch_size": 64}
+    assert METHODS["crt"].report_lines(record) == [
+        "  cRT of exits 2, 3: best epoch 4/10 (val top-1 50.00%, stage-1 classifiers 25.00%), lr 0.05, batch 64, "
+        "class-balanced sampling"]

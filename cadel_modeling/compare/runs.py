@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import List, Sequence
 
 from ..config import ConfigError
+from ..run_layout import CHECKPOINTS, STAGE1_SUMMARY_FILE, STAGE2_RESULTS_FILE, stage2_dir
 from ..utils.io import write_json
 from .recipes import RECIPES, run_rows
 
@@ -94,12 +95,12 @@ def train(run_dir: Path, recipe: str, seed: int, base: Sequence[str], extra: Seq
     if before and not rerun_stage2:
         return before
     stage1 = stage1_command(launcher, run_dir, recipe, seed, base, extra)
-    resume = ["--resume_from_checkpoint", "latest"] if (run_dir / "checkpoints").is_dir() else \
+    resume = ["--resume_from_checkpoint", "latest"] if (run_dir / CHECKPOINTS).is_dir() else \
         (["--overwrite_output_dir"] if run_dir.exists() else [])
     what = f"{recipe} seed {seed}"
-    train_stage1 = not (run_dir / "stage1_summary.json").is_file()
+    train_stage1 = not (run_dir / STAGE1_SUMMARY_FILE).is_file()
     t1 = run_logged(stage1 + resume, log, f"stage 1 of {what}") if train_stage1 else before.get("stage1_s", 0.0)
-    results = run_dir / "stage2_logit_adjustment" / "stage2_results.json"
+    results = stage2_dir(run_dir, "logit_adjustment") / STAGE2_RESULTS_FILE
     # a stage 2 that finished after a finished stage 1 is kept (the run stopped before its record was written)
     t2 = run_logged(launcher.command(STAGE2) + ["--stage1_dir", str(run_dir)], log, f"stage 2 of {what}") \
         if train_stage1 or rerun_stage2 or not results.is_file() else 0.0

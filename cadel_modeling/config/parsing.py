@@ -313,9 +313,5 @@ def parse_config(argv: Optional[Sequence[str]] = None, command: str = STAGE1, de
     return resolve(values)
 
 
-def wants_preset_listing(argv: Sequence[str]) -> bool:
-    return "--list_presets" in argv
-
-
 def print_preset_listing() -> None:
     print("Presets (--config NAME):\n" + preset_listing())

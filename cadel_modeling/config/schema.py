@@ -14,6 +14,7 @@ from typing import Optional, Sequence
 
 import yaml
 
+from ..training.tracking import TRACKERS  # no torch: the flags stay quick to parse
 from ..utils.secrets import without_secrets
 
 STAGE1, STAGE2, EVALUATE = "stage1", "stage2", "evaluate"
@@ -68,8 +69,7 @@ class RunConfig:
     mixed_precision: Optional[str] = _f(None, "Run", "mixed precision (default: accelerate's config)",
                                         ["no", "fp16", "bf16"])
     # ---------------------------------------------------------------- tracking
-    report_to: str = _f("none", "Tracking", "trackers: none, all, or a comma list (tensorboard, wandb, mlflow, "
-                        "comet_ml, aim, clearml, dvclive, swanlab, trackio)")
+    report_to: str = _f("none", "Tracking", f"trackers: none, all, or a comma list ({', '.join(TRACKERS)})")
     with_tracking: bool = _f(False, "Tracking", "HF-examples switch: with report_to none, report to all installed")
     tracking_dir: Optional[str] = _f(None, "Tracking", "where file trackers write (default <output_dir>/tracking)")
     run_name: Optional[str] = _f(None, "Tracking", "tracker run name (default: the output_dir's name)")

@@ -72,6 +72,10 @@ class LongTailedData:
     def num_train_images(self) -> int:
         return int(sum(self.class_counts))
 
+    def train_color_jitter(self, requested: float) -> float:
+        """The ColorJitter strength training uses: the dataset's own where it sets one (iNat18: 0), else requested."""
+        return requested if self.color_jitter is None else self.color_jitter
+
 
 def label_array(dataset, label_column: str) -> np.ndarray:
     """A map-style split's labels as int64, read from Arrow (iterating the column in Python takes seconds)."""

@@ -71,9 +71,8 @@ def build_train_loader(data, spec: LoaderSpec, num_processes: int, process_index
     put_on_device=True, dispatch_batches=False)``, and call ``set_epoch`` on that each epoch.
     """
     batch = per_process_batch(spec.batch_size, num_processes, spec.grad_accum_steps)
-    jitter = spec.color_jitter if data.color_jitter is None else data.color_jitter
-    tfm = build_transform(True, spec.image_size, data.mean, data.std, spec.augmentation, jitter, spec.hflip,
-                          spec.reduced_decode)
+    tfm = build_transform(True, spec.image_size, data.mean, data.std, spec.augmentation,
+                          data.train_color_jitter(spec.color_jitter), spec.hflip, spec.reduced_decode)
     policy = {"bad_image_policy": spec.bad_image_policy, "skipped": data.skipped_images}
     if is_streamed(data.train):
         if spec.sampler != "instance":

@@ -8,8 +8,23 @@ from typing import Dict, List, Optional, Sequence
 from ..config.paper import paper_result
 from ..metrics.reports import TABLE_COLUMNS, format_number
 from ..modeling.backbones import backbone_family, default_inference_rule
-from ..modeling.locate import RUN_CONFIG_NAME, is_hub_id
+from ..modeling.locate import is_hub_id
 from ..posthoc import rule_evidence_text
+from ..run_layout import (
+    ALL_RESULTS_FILE,
+    CARD_FILE,
+    CONFIG_FILE,
+    ENSEMBLE_FILE,
+    PER_CLASS_CSV,
+    PER_CLASS_PLOT,
+    RESULTS_FILE,
+    RUN_CONFIG_NAME,
+    RUN_INFO_FILE,
+    STAGE1_SUMMARY_FILE,
+    STAGE2_RESULTS_FILE,
+    TRAIN_LOG_FILE,
+    eval_name,
+)
 from ..utils.io import read_json
 from .run_folders import RunFolders, load_file
 
@@ -36,13 +51,13 @@ FILE_NOTES = {
     "model.safetensors": "weights", "model.safetensors.index.json": "index of the sharded weights",
     "preprocessor_config.json": "the evaluation transform, for `pipeline()` and `AutoImageProcessor`",
     RUN_CONFIG_NAME: "the full run config saved with these weights (local paths removed)",
-    "ensemble.json": "exit weights and tau learned on the validation split (stage 2)",
-    "config.yaml": "the resolved stage-1 config", "run_info.json": "command, process count, versions, classes",
-    "train_log.jsonl": "one line per stage-1 epoch", "stage1_summary.json": "best validation epoch",
-    "stage2_results.json": "stage-2 method and tau sweep", "results.json": "metrics of every score variant",
-    "all_results.json": "the main metrics as flat eval_* keys",
-    "per_class.csv": "per-class accuracy with training counts",
-    "per_class_accuracy.png": "per-class accuracy plot", "README.md": "this model card",
+    ENSEMBLE_FILE: "exit weights and tau learned on the validation split (stage 2)",
+    CONFIG_FILE: "the resolved stage-1 config", RUN_INFO_FILE: "command, process count, versions, classes",
+    TRAIN_LOG_FILE: "one line per stage-1 epoch", STAGE1_SUMMARY_FILE: "best validation epoch",
+    STAGE2_RESULTS_FILE: "stage-2 method and tau sweep", RESULTS_FILE: "metrics of every score variant",
+    ALL_RESULTS_FILE: "the main metrics as flat eval_* keys",
+    PER_CLASS_CSV: "per-class accuracy with training counts",
+    PER_CLASS_PLOT: "per-class accuracy plot", CARD_FILE: "this model card",
 }
 
 
@@ -86,9 +101,9 @@ def build_model_card(path, repo_id: Optional[str] = None, eval_dirs: Sequence = 
 
     folders = RunFolders.locate(path)
     model_cfg = read_json(folders.model_dir / "config.json")
-    run_cfg = load_file(folders.find(RUN_CONFIG_NAME) or folders.find("config.yaml"))
+    run_cfg = load_file(folders.find(RUN_CONFIG_NAME) or folders.find(CONFIG_FILE))
     eval_folders = folders.evaluations(eval_dirs)
-    evaluations = {split: read_json(folder / "results.json") for split, folder in eval_folders.items()}
+    evaluations = {split: read_json(folder / RESULTS_FILE) for split, folder in eval_folders.items()}
     backbone, dataset = model_cfg.get("backbone", "?"), run_cfg.get("dataset", "?")
     image_size = model_cfg.get("image_size", run_cfg.get("image_size"))
     tau = model_cfg.get("tau") or 0.0
@@ -150,8 +165,8 @@ def _results_lines(evaluations: dict, eval_folders: dict, paper: Optional[dict],
     lines += ["", ("Accuracies, ECE and macro-F1 in %, NLL in nats. Shot groups count training images per class: "
                    "many > 100, medium 20-100, few < 20."), ""]
     for split, folder in eval_folders.items():
-        if (folder / "per_class_accuracy.png").exists():
-            lines += [f"![Per-class accuracy, {split} split](eval_{split}/per_class_accuracy.png)", ""]
+        if (folder / PER_CLASS_PLOT).exists():
+            lines += [f"![Per-class accuracy, {split} split]({eval_name(split)}/{PER_CLASS_PLOT})", ""]
     compared = evaluations.get("test") or next(iter(evaluations.values()))
     if paper is None:
         lines.append(f"Paper comparison: n/a (the original README reports no result for {dataset} with {backbone}).")
@@ -164,9 +179,9 @@ def _results_lines(evaluations: dict, eval_folders: dict, paper: Optional[dict],
 
 def _provenance_lines(folders: RunFolders, run_cfg: dict, tau: float, evaluations: dict) -> List[str]:
     """The commands, how tau was chosen, the loss mode, the recipe and the software of the run."""
-    info = load_file(folders.find("run_info.json"))
-    stage1 = load_file(folders.find("stage1_summary.json"))
-    stage2 = load_file(folders.find("stage2_results.json"))
+    info = load_file(folders.find(RUN_INFO_FILE))
+    stage1 = load_file(folders.find(STAGE1_SUMMARY_FILE))
+    stage2 = load_file(folders.find(STAGE2_RESULTS_FILE))
     lines = ["## How it was made", ""]
     if info.get("command"):
         lines.append(f"- Stage 1: `{info['command']}`")

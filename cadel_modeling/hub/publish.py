@@ -17,7 +17,7 @@ from typing import Dict, Optional, Sequence
 
 import yaml
 
-from ..modeling.locate import RUN_CONFIG_NAME
+from ..run_layout import CARD_FILE, ENSEMBLE_FILE, PUBLISHED_RUN_FILES, RESULT_FILES, RUN_CONFIG_NAME, eval_name
 from ..utils.errors import ConfigError, MissingInputError
 from ..utils.secrets import redact, without_secrets
 from .model_card import build_model_card
@@ -25,10 +25,8 @@ from .run_folders import RunFolders
 
 logger = logging.getLogger("cadel")
 
-MODEL_FILES = ("config.json", "preprocessor_config.json", RUN_CONFIG_NAME, "ensemble.json", "modeling_cadel.py",
+MODEL_FILES = ("config.json", "preprocessor_config.json", RUN_CONFIG_NAME, ENSEMBLE_FILE, "modeling_cadel.py",
                "heads.py", "backbones.py")
-RUN_FILES = ("config.yaml", "run_info.json", "train_log.jsonl", "stage1_summary.json", "stage2_results.json")
-RESULT_FILES = ("results.json", "all_results.json", "per_class.csv", "per_class_accuracy.png")
 TEXT_SUFFIXES = (".json", ".jsonl", ".yaml", ".md", ".csv")
 PATH_KEYS = ("output_dir", "data_dir", "image_root", "pretrained_checkpoint", "init_from", "stage1_dir", "eval_model",
              "tracking_dir", "export_dataset", "hub_dataset_id")
@@ -93,14 +91,14 @@ def files_to_upload(path, eval_dirs: Sequence = ()) -> Dict[str, Path]:
              if p.is_file() and (p.name in MODEL_FILES or p.name.endswith((".safetensors", ".safetensors.index.json")))}
     if not any(name.endswith(".safetensors") for name in files):
         raise MissingInputError(f"{folders.model_dir} has no .safetensors weights to upload")
-    for name in RUN_FILES:
+    for name in PUBLISHED_RUN_FILES:
         found = folders.find(name)
         if found is not None:
             files[name] = found
     for split, folder in folders.evaluations(eval_dirs).items():
         for name in RESULT_FILES:
             if (folder / name).is_file():
-                files[f"eval_{split}/{name}"] = folder / name
+                files[f"{eval_name(split)}/{name}"] = folder / name
     return files
 
 
@@ -118,7 +116,7 @@ def retry_command(model_dir, repo_id: str, *, private: bool, revision: Optional[
     flags += ["--commit_message", commit_message] if commit_message else []
     for folder in eval_dirs:
         flags += ["--eval_dir", str(folder)]
-    if Path(card_path) != Path(model_dir) / "README.md":
+    if Path(card_path) != Path(model_dir) / CARD_FILE:
         flags += ["--card_path", str(card_path)]
     return "cadel-push-to-hub " + " ".join(shlex.quote(flag) for flag in flags)
 
@@ -142,11 +140,11 @@ def push_to_hub(path, repo_id: Optional[str] = None, *, private: bool = False, t
         if in_hub_cache(folders.model_dir):
             raise ConfigError(f"{folders.model_dir} is in the Hugging Face cache, where the model card must not be "
                               f"written: pass card_path (e.g. your output_dir/README.md)")
-        card_path = folders.model_dir / "README.md"
+        card_path = folders.model_dir / CARD_FILE
     card_path = Path(card_path)
     repo_id = repo_id or folders.run_dir.name
     files = files_to_upload(folders.model_dir, eval_dirs)
-    listed = sorted(files) + ["README.md"]
+    listed = sorted(files) + [CARD_FILE]
     build_model_card(folders.model_dir, repo_id, eval_dirs, license, listed).save(card_path)
     try:
         api = HfApi(token=token)
@@ -156,7 +154,7 @@ def push_to_hub(path, repo_id: Optional[str] = None, *, private: bool = False, t
         if revision:
             api.create_branch(full_id, branch=revision, exist_ok=True)
         operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=upload_bytes(local, folders.run_dir))
-                      for name, local in {**files, "README.md": card_path}.items()]
+                      for name, local in {**files, CARD_FILE: card_path}.items()]
         api.create_commit(repo_id=full_id, operations=operations, revision=revision,
                           commit_message=commit_message or "Upload CADEL model, configs and results")
     except Exception as exc:  # noqa: BLE001 - any upload failure must leave the finished run usable

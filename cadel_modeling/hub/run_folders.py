@@ -9,6 +9,7 @@ from typing import Dict, Optional, Sequence
 import yaml
 
 from ..modeling.locate import find_model_dir
+from ..run_layout import EVAL_PREFIX, RESULTS_FILE, run_dir_of, split_of_eval_dir, stage_dir_of
 from ..utils.io import read_json
 
 
@@ -23,11 +24,7 @@ class RunFolders:
     @classmethod
     def locate(cls, path) -> RunFolders:
         model_dir = find_model_dir(str(path))
-        if model_dir.name == "model" and model_dir.parent.name.startswith("stage2_"):
-            return cls(model_dir, model_dir.parent, model_dir.parent.parent)
-        if model_dir.name in ("best_model", "last_model"):
-            return cls(model_dir, None, model_dir.parent)
-        return cls(model_dir, None, model_dir)
+        return cls(model_dir, stage_dir_of(model_dir), run_dir_of(model_dir))
 
     def find(self, name: str) -> Optional[Path]:
         """A run file, looked up in the model folder, the stage-2 folder, then the run folder."""
@@ -40,11 +37,12 @@ class RunFolders:
         """split -> folder holding its ``results.json``: evaluations of this model only (its own folder, its
         stage-2 folder, and ``extra``; later ones win)."""
         bases = [b for b in (self.stage_dir, self.model_dir) if b is not None]
-        folders = [f for base in dict.fromkeys(bases) for f in sorted(base.glob("eval_*"))] + [Path(f) for f in extra]
+        folders = [f for base in dict.fromkeys(bases) for f in sorted(base.glob(f"{EVAL_PREFIX}*"))]
+        folders += [Path(f) for f in extra]
         found = {}
         for folder in folders:
-            if (folder / "results.json").is_file():
-                split = read_json(folder / "results.json").get("split") or folder.name[len("eval_"):]
+            if (folder / RESULTS_FILE).is_file():
+                split = read_json(folder / RESULTS_FILE).get("split") or split_of_eval_dir(folder)
                 found[split] = folder
         return found
 

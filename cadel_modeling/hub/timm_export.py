@@ -12,14 +12,14 @@ from pathlib import Path
 import timm
 import torch
 
-from ..modeling.locate import RUN_CONFIG_NAME
+from ..run_layout import BEST_MODEL, CHECKPOINTS, CONFIG_FILE, RUN_CONFIG_NAME, RUN_INFO_FILE
 from ..utils.errors import ModelError, OutputDirError
 
 SOURCE_KEYS = ("tag", "license", "origin_url", "paper_ids", "paper_name", "notes")
 INTERPOLATIONS = {0: "nearest", 2: "bilinear", 3: "bicubic"}  # PIL resample codes of the image processor
 
 # What marks a cadel run or model folder: an export there would replace its config.json or break the run.
-CADEL_MARKERS = ("config.yaml", "run_info.json", "checkpoints", "best_model", RUN_CONFIG_NAME)
+CADEL_MARKERS = (CONFIG_FILE, RUN_INFO_FILE, CHECKPOINTS, BEST_MODEL, RUN_CONFIG_NAME)
 
 
 def check_export_target(out_dir, overwrite: bool) -> None:

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import torch
 
+from ..run_layout import RUN_CONFIG_NAME
 from ..utils.errors import ModelError
 from ..utils.finite import require_finite
 from ..utils.io import disk_space_guard
 from .backbones import UnsupportedBackboneError
-from .locate import RUN_CONFIG_NAME, find_model_dir
+from .locate import find_model_dir
 from .modeling_cadel import CadelConfig, CadelForImageClassification
 from .pretrained import load_pretrained_checkpoint
 from .processing import save_image_processor

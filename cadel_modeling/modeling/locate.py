@@ -5,10 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+from ..run_layout import BEST_MODEL, ENSEMBLE_FILE, RUN_CONFIG_NAME, STAGE2_MODEL, STAGE2_PREFIX
 from ..utils.errors import MissingInputError
-
-RUN_CONFIG_NAME = "run_config.yaml"  # the run config saved with every model's weights
-ENSEMBLE_FILE = "ensemble.json"      # exit weights and their tau learned on validation by stage 2
 
 
 def is_hub_id(ref: str) -> bool:
@@ -21,11 +19,11 @@ def find_model_dir(ref: str) -> Path:
     if path.is_dir():
         if (path / "config.json").exists():
             return path
-        stage2 = sorted(path.glob("stage2_*/model/config.json"), key=lambda p: p.stat().st_mtime)
+        stage2 = sorted(path.glob(f"{STAGE2_PREFIX}*/{STAGE2_MODEL}/config.json"), key=lambda p: p.stat().st_mtime)
         if stage2:
             return stage2[-1].parent
-        if (path / "best_model" / "config.json").exists():
-            return path / "best_model"
+        if (path / BEST_MODEL / "config.json").exists():
+            return path / BEST_MODEL
         raise MissingInputError(f"{path} holds no model (config.json) nor a run with best_model/ or stage2_*/model/")
     if not is_hub_id(ref):
         raise MissingInputError(f"no model folder at {ref}: pass a folder with config.json, a run folder, "

@@ -1,7 +1,8 @@
 """cRT (classifier re-training, Kang et al. 2020) on a trained cascade: the chosen exits' cosine classifiers are
 re-trained on frozen features with class-balanced sampling, the best epoch on validation kept.
 
-A departure from the released CADEL code, whose stage-2 configs only hint at it.
+A departure from the released CADEL code, whose stage-2 configs only hint at it. A stage-2 method (see
+``logit_adjustment.py``): ``split_logits``, ``tau_grid`` and ``report_lines`` at the end of this module.
 """
 from __future__ import annotations
 
@@ -192,3 +193,26 @@ def retrain_classifiers(opts: CRTOptions, accelerator, model: CadelForImageClass
               for s, (f, y) in features.items()}
     return logits, {**settings, "best_epoch": best[1], "best_val_top1": best[0], "stage1_val_top1": stage1_val,
                     "drawn_per_class": drawn.tolist(), "log": log}
+
+
+# ------------------------------------------------------------------------------------------------ as a stage-2 method
+def split_logits(cfg, accelerator, model, data, loader_spec):
+    """The val/test exit logits after cRT, the re-trained network and the cRT record."""
+    logits, record = retrain_classifiers(CRTOptions.from_config(cfg), accelerator, model, data, loader_spec,
+                                         eval_exits=cfg.eval_exits)
+    return logits, model, record
+
+
+def tau_grid(cfg) -> List[float]:
+    """The configured grid with tau = 0 first (the re-trained classifiers may already be balanced), or only 0 when
+    cRT's adjustment is turned off."""
+    if not cfg.crt_logit_adjustment:
+        return [0.0]
+    return [0.0] + [t for t in map(float, cfg.tau_grid) if t != 0.0]
+
+
+def report_lines(record: dict) -> List[str]:
+    return [f"  cRT of exit{'s' if len(record['exits']) > 1 else ''} {', '.join(map(str, record['exits']))}: "
+            f"best epoch {record['best_epoch']}/{record['epochs']} (val top-1 {100 * record['best_val_top1']:.2f}%, "
+            f"stage-1 classifiers {100 * record['stage1_val_top1']:.2f}%), lr {record['lr']:g}, batch "
+            f"{record['batch_size']}, class-balanced sampling"]

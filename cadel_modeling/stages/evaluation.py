@@ -19,6 +19,7 @@ from ..modeling.factory import load_model
 from ..modeling.locate import find_model_dir, load_ensemble
 from ..posthoc import selected_exits
 from ..results import write_report
+from ..run_layout import CARD_FILE, PER_CLASS_CSV, PER_CLASS_PLOT, RESULTS_FILE, TRACKING, eval_dir, eval_name
 from ..training import tracking
 from ..training.accelerator import make_accelerator
 from ..training.tracking import tracking_kwargs
@@ -31,11 +32,12 @@ logger = logging.getLogger("cadel")
 
 def run(cfg: RunConfig) -> Dict[str, dict]:
     local = Path(cfg.eval_model).is_dir()
-    out_dir = (find_model_dir(cfg.eval_model) if local else Path(cfg.output_dir)) / f"eval_{cfg.eval_split}"
-    accelerator = make_accelerator(**tracking_kwargs(cfg.report_to, cfg.tracking_dir, out_dir / "tracking"))
+    model_dir = find_model_dir(cfg.eval_model) if local else None  # a Hub model: fetched below, by one process first
+    out_dir = eval_dir(model_dir if local else cfg.output_dir, cfg.eval_split)
+    accelerator = make_accelerator(**tracking_kwargs(cfg.report_to, cfg.tracking_dir, out_dir / TRACKING))
     setup_logging(accelerator.is_main_process)
     with accelerator.main_process_first():  # one Hub download and one dataset build; the others read the cache
-        model_dir = find_model_dir(cfg.eval_model)
+        model_dir = model_dir or find_model_dir(cfg.eval_model)
         data = build_datasets(DataOptions.from_config(cfg))
     model = load_model(model_dir)
     check_model_matches_data(model.config, data, str(model_dir))
@@ -51,7 +53,7 @@ def run(cfg: RunConfig) -> Dict[str, dict]:
     results = write_report(exit_logits, labels, net.config, data, out_dir, cfg.eval_split, exits=cfg.eval_exits,
                            ensemble=ensemble, is_main=accelerator.is_main_process, test_agnostic=test_agnostic,
                            provenance={"command": command_line(), "num_processes": accelerator.num_processes})
-    tracking.start(accelerator, cfg.run_name or f"eval_{cfg.eval_split}", cfg.to_dict())
+    tracking.start(accelerator, cfg.run_name or eval_name(cfg.eval_split), cfg.to_dict())
     if results:
         main = next(iter(results.values()))
         accelerator.log({f"eval/{cfg.eval_split}/{k}": v for k, v in main.items()
@@ -59,10 +61,10 @@ def run(cfg: RunConfig) -> Dict[str, dict]:
     if accelerator.is_main_process:
         print(f"\n{model_dir} on {cfg.dataset} {cfg.eval_split} ({len(labels)} images)")
         print(format_table(results))
-        print(f"\nresults: {out_dir / 'results.json'}, per-class: {out_dir / 'per_class.csv'}, "
-              f"plot: {out_dir / 'per_class_accuracy.png'}")
+        print(f"\nresults: {out_dir / RESULTS_FILE}, per-class: {out_dir / PER_CLASS_CSV}, "
+              f"plot: {out_dir / PER_CLASS_PLOT}")
         if cfg.push_to_hub:  # a Hub model's results live in output_dir, outside the read-only cache
-            extra = {} if local else {"eval_dirs": [out_dir], "card_path": Path(cfg.output_dir) / "README.md"}
+            extra = {} if local else {"eval_dirs": [out_dir], "card_path": Path(cfg.output_dir) / CARD_FILE}
             push(cfg, model_dir, repo_id=cfg.hub_model_id or (None if local else cfg.eval_model), **extra)
     accelerator.wait_for_everyone()
     accelerator.end_training()

@@ -18,6 +18,7 @@ from typing import List, Optional
 
 from ..config import RunConfig
 from ..config.schema import FIELDS, STAGE1, fields_of
+from ..run_layout import CARD_FILE, EVAL_PREFIX, RUN_FILES, RUN_FOLDERS, RUN_INFO_FILE, RUN_MARKERS, STAGE2_PREFIX
 from ..training.checkpointing import CheckpointError, checkpoint_root, latest_valid, list_checkpoints, read_meta, verify
 from ..utils.errors import ConfigError, OutputDirError
 from ..utils.io import read_json
@@ -25,19 +26,15 @@ from ..utils.run_lock import LOCK_NAME
 
 logger = logging.getLogger("cadel")
 
-RUN_FILES = ("config.yaml", "run_info.json", "train_log.jsonl", "stage1_summary.json", "train.log")
-RUN_FOLDERS = ("checkpoints", "best_model", "last_model", "tracking")
-
-
 def folder_state(out: Path) -> str:
     """'empty' (missing or empty), 'run' (a cadel run folder) or 'other' (holds files cadel did not write)."""
     entries = [p for p in out.iterdir() if p.name != LOCK_NAME] if out.is_dir() else []  # the lock is the command's
     if not entries:
         return "empty"
     names = {p.name.removesuffix(".tmp").removesuffix(".old") for p in entries}  # half-written saves too
-    cadel = set(RUN_FILES) | set(RUN_FOLDERS) | {n for n in names if n.startswith(("stage2_", "eval_"))} | \
-        {"README.md"}
-    return "run" if names & {"config.yaml", "run_info.json", "checkpoints"} and names <= cadel else "other"
+    cadel = set(RUN_FILES) | set(RUN_FOLDERS) | {n for n in names if n.startswith((STAGE2_PREFIX, EVAL_PREFIX))} | \
+        {CARD_FILE}
+    return "run" if names & set(RUN_MARKERS) and names <= cadel else "other"
 
 
 def resume_target(cfg: RunConfig) -> Optional[Path]:
@@ -49,7 +46,7 @@ def resume_target(cfg: RunConfig) -> Optional[Path]:
         path = Path(cfg.resume_from_checkpoint)
         verify(path)
         return path
-    run_id = read_json(out / "run_info.json").get("run_id") if (out / "run_info.json").is_file() else None
+    run_id = read_json(out / RUN_INFO_FILE).get("run_id") if (out / RUN_INFO_FILE).is_file() else None
     path = latest_valid(out, run_id)
     if path is None and folder_state(out) != "empty":
         found = "no valid checkpoint" if checkpoint_root(out).is_dir() else "no checkpoints/ folder"
@@ -67,7 +64,7 @@ def is_foreign(checkpoint: Path, out: Path) -> bool:
     that run)."""
     if folder_state(out) != "run":
         return False
-    info = out / "run_info.json"
+    info = out / RUN_INFO_FILE
     return read_meta(checkpoint).get("run_id") != (read_json(info).get("run_id") if info.is_file() else None)
 
 
@@ -153,6 +150,6 @@ def check_resume_settings(cfg: RunConfig, meta: dict) -> List[dict]:
                           f"or pass --allow_changed_config to apply them from epoch {meta.get('epoch')} on (recorded "
                           f"in run_info.json)")
     for c in changes:
-        logger.warning("--allow_changed_config: %s changes from %r to %r at epoch %s (step %s); recorded in "
-                       "run_info.json", c["key"], c["old"], c["new"], c["from_epoch"], c["from_step"])
+        logger.warning("--allow_changed_config: %s changes from %r to %r at epoch %s (step %s); recorded in %s",
+                       c["key"], c["old"], c["new"], c["from_epoch"], c["from_step"], RUN_INFO_FILE)
     return changes + ([epochs_change] if epochs_change else [])

@@ -37,6 +37,17 @@ from ..modeling.costs import model_summary
 from ..modeling.factory import build_model, init_from_model, load_model, save_model
 from ..modeling.heads import adjust_logits, combine_exits
 from ..results import write_report
+from ..run_layout import (
+    BEST_MODEL,
+    CONFIG_FILE,
+    LAST_MODEL,
+    RUN_INFO_FILE,
+    STAGE1_SUMMARY_FILE,
+    TEXT_LOG_FILE,
+    TRACKING,
+    TRAIN_LOG_FILE,
+    eval_dir,
+)
 from ..training import tracking
 from ..training.accelerator import enable_fast_kernels, make_accelerator, replica_digests, sync_buffers_from_main
 from ..training.checkpointing import (
@@ -102,13 +113,13 @@ def evaluate_best_on_val(accelerator, model_dir: Path, data, loader_spec: Loader
     loader, size = process_invariant_loader(data, "val", loader_spec, accelerator.num_processes)
     model, loader = accelerator.prepare(model, loader)
     exit_logits, labels = predict_split(model, loader, accelerator, size, "val")
-    write_report(exit_logits, labels, accelerator.unwrap_model(model).config, data, model_dir / "eval_val", "val",
+    write_report(exit_logits, labels, accelerator.unwrap_model(model).config, data, eval_dir(model_dir, "val"), "val",
                  is_main=accelerator.is_main_process, provenance={"command": command_line()})
 
 
 def run(cfg: RunConfig) -> dict:
     enable_fast_kernels()
-    trackers = tracking_kwargs(cfg.report_to, cfg.tracking_dir, Path(cfg.output_dir) / "tracking")
+    trackers = tracking_kwargs(cfg.report_to, cfg.tracking_dir, Path(cfg.output_dir) / TRACKING)
     accelerator = make_accelerator(gradient_accumulation_steps=cfg.grad_accum_steps,
                                    mixed_precision=cfg.mixed_precision,
                                    dynamo_backend="inductor" if cfg.torch_compile else None,
@@ -119,7 +130,7 @@ def run(cfg: RunConfig) -> dict:
     foreign = resume_path is not None and is_foreign(resume_path, Path(cfg.output_dir))
     check_output_dir(cfg, resuming=resume_path is not None, foreign=resume_path if foreign else None)
     changes = check_resume_settings(cfg, read_meta(resume_path)) if resume_path is not None else []
-    info_path = Path(cfg.output_dir) / "run_info.json"
+    info_path = Path(cfg.output_dir) / RUN_INFO_FILE
     if resume_path is not None and not foreign and info_path.is_file():  # the changes of earlier resumes
         changes = read_json(info_path).get("config_changes", []) + changes
     set_seed(cfg.seed)
@@ -151,8 +162,7 @@ def run(cfg: RunConfig) -> dict:
     if steps_per_epoch == 0:
         raise ConfigError(f"batch_size {cfg.batch_size} is larger than the training split "
                           f"({data.num_train_images} images); lower --batch_size")
-    loss_fn = CascadeLoss(cfg.bins, cfg.gamma, cfg.base_weight, cfg.weight_mode, cfg.resolved_base_loss(),
-                          class_counts=data.class_counts).to(accelerator.device)
+    loss_fn = CascadeLoss.from_config(cfg, data.class_counts).to(accelerator.device)
     net = accelerator.unwrap_model(model)
     state = TrainState()
     if resume_path is not None:
@@ -162,11 +172,11 @@ def run(cfg: RunConfig) -> dict:
                                   "checkpoint (its cadel_checkpoint.json shows step_in_epoch 0)")
     # -- the run claims its folder ----------------------------------------------------------------------------
     out = claim_output_dir(cfg, accelerator, resuming=resume_path is not None and not foreign)
-    log_path = out / "train_log.jsonl"
+    log_path = out / TRAIN_LOG_FILE
     if accelerator.is_main_process:
-        log_to_file(out / "train.log")
-        cfg.save(out / "config.yaml")
-        write_json(out / "run_info.json", {**run_info(cfg, data, accelerator, init), "config_changes": changes})
+        log_to_file(out / TEXT_LOG_FILE)
+        cfg.save(out / CONFIG_FILE)
+        write_json(out / RUN_INFO_FILE, {**run_info(cfg, data, accelerator, init), "config_changes": changes})
         if resume_path is not None:  # drop records of epochs the resumed run redoes: one record per epoch
             rewrite_jsonl(log_path, [r for r in read_jsonl(log_path) if r["epoch"] < state.epoch])
             logger.info("resumed from %s at epoch %d, step %d", resume_path, state.epoch, state.step_in_epoch)
@@ -190,8 +200,8 @@ def run(cfg: RunConfig) -> dict:
     opts = LoopOptions.from_config(cfg)
     prepare_batch = None
     if cfg.decode_on_gpu:
-        jitter = cfg.color_jitter if data.color_jitter is None else data.color_jitter
-        augment = DeviceAugment(cfg.image_size, data.mean, data.std, jitter, cfg.hflip, cfg.seed)
+        augment = DeviceAugment(cfg.image_size, data.mean, data.std, data.train_color_jitter(cfg.color_jitter),
+                                cfg.hflip, cfg.seed)
 
         def prepare_batch(batch):
             return augment(batch, state.epoch, accelerator.device)
@@ -222,7 +232,7 @@ def run(cfg: RunConfig) -> dict:
                 if improved:
                     state.best_metric, state.best_epoch = val_acc, state.epoch
                     if accelerator.is_main_process:
-                        save_model(net, out / "best_model", cfg, cfg.augmentation)
+                        save_model(net, out / BEST_MODEL, cfg, cfg.augmentation)
                 if int(data.skipped_images):
                     logger.warning("%d unreadable images skipped so far (--bad_image_policy skip)",
                                    int(data.skipped_images))
@@ -244,9 +254,9 @@ def run(cfg: RunConfig) -> dict:
     except (NonFiniteLossError, NonFiniteTensorError) as exc:
         last = latest_valid(out, cfg.run_id)
         raise NonFiniteLossError(f"{exc}. Last good checkpoint: {last or 'none'}; best model so far: "
-                                 f"{out / 'best_model' if state.best_epoch else 'none'}") from exc
+                                 f"{out / BEST_MODEL if state.best_epoch else 'none'}") from exc
     if accelerator.is_main_process:
-        save_model(net, out / "last_model", cfg, cfg.augmentation)
+        save_model(net, out / LAST_MODEL, cfg, cfg.augmentation)
     accelerator.wait_for_everyone()
     rule = ("the tau=1 logit-adjusted sum of exits (ViT rule)" if net.config.resolved_inference_rule == "sum"
             else "the raw last exit (CNN rule)")
@@ -254,12 +264,12 @@ def run(cfg: RunConfig) -> dict:
                "epochs": cfg.epochs, "skipped_steps": state.skipped_steps, "selection": f"val top-1 of {rule}",
                "replica_weight_digests": replica_digests(accelerator, net)}
     if cfg.push_to_hub:  # the published stage-1 model carries its validation results
-        evaluate_best_on_val(accelerator, out / "best_model", data, loader_spec)
+        evaluate_best_on_val(accelerator, out / BEST_MODEL, data, loader_spec)
     if accelerator.is_main_process:
-        write_json(out / "stage1_summary.json", summary)
+        write_json(out / STAGE1_SUMMARY_FILE, summary)
         if cfg.push_to_hub:  # after every local file is final; a failed push keeps them and exits non-zero
-            push(cfg, out / "best_model")
+            push(cfg, out / BEST_MODEL)
     logger.info("stage 1 done: best val top-1 %.2f%% at epoch %d; model in %s", 100 * state.best_metric,
-                state.best_epoch, out / "best_model")
+                state.best_epoch, out / BEST_MODEL)
     accelerator.end_training()
     return summary

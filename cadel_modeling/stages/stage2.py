@@ -15,15 +15,13 @@ from __future__ import annotations
 import logging
 import shutil
 from pathlib import Path
-from typing import List
 
 from ..config import RunConfig, load_run_config
 from ..data import DataOptions, build_datasets
 from ..data.loaders import LoaderSpec
-from ..inference import check_model_matches_data, predict_split, process_invariant_loader
+from ..inference import check_model_matches_data
 from ..metrics import format_table
 from ..modeling.factory import load_model, save_model
-from ..modeling.locate import ENSEMBLE_FILE
 from ..posthoc import (
     pick_tau,
     rule_change_evidence,
@@ -34,28 +32,33 @@ from ..posthoc import (
     tau_sweep,
 )
 from ..results import write_report
+from ..run_layout import (
+    BEST_MODEL,
+    CONFIG_FILE,
+    ENSEMBLE_FILE,
+    STAGE1_SUMMARY_FILE,
+    STAGE2_MODEL,
+    STAGE2_RESULTS_FILE,
+    TRACKING,
+    TRAIN_LOG_FILE,
+    eval_dir,
+    stage2_dir,
+)
 from ..training import tracking
 from ..training.accelerator import make_accelerator
 from ..training.tracking import tracking_kwargs
 from ..utils.errors import ConfigError, MissingInputError, OutputDirError
 from ..utils.io import command_line, read_jsonl, write_json
 from ..utils.logging import setup_logging
-from . import push
-from .crt import CRTOptions, retrain_classifiers
+from . import crt, logit_adjustment, push
 
 logger = logging.getLogger("cadel")
 
+# The stage-2 methods by --stage2_method name: a module each, with split_logits, tau_grid and report_lines. A new
+# method is one module and one line here (and its name in config/schema.py's choices; a test ties the two).
+# stage2_results.json keeps the method's record under "crt" (None for logit adjustment), as it always has.
+METHODS = {"logit_adjustment": logit_adjustment, "crt": crt}
 
-
-def tau_grid_for(cfg: RunConfig) -> List[float]:
-    """The configured grid; cRT also tries tau = 0 first (it may already be balanced), or only 0 when its
-    adjustment is turned off."""
-    grid = [float(t) for t in cfg.tau_grid]
-    if cfg.stage2_method != "crt":
-        return grid
-    if not cfg.crt_logit_adjustment:
-        return [0.0]
-    return [0.0] + [t for t in grid if t != 0.0]
 
 
 def select_inference_rule(model_config, ensemble: dict, evidence: dict) -> dict:
@@ -79,12 +82,7 @@ def select_inference_rule(model_config, ensemble: dict, evidence: dict) -> dict:
 def choices_text(summary: dict, num_exits: int) -> str:
     """What stage 2 chose, one line per decision, for the log and the printed report."""
     lines = [f"stage 2 ({summary['method']}), every choice made on the validation split:"]
-    crt = summary.get("crt")
-    if crt:
-        lines.append(f"  cRT of exit{'s' if len(crt['exits']) > 1 else ''} {', '.join(map(str, crt['exits']))}: "
-                     f"best epoch {crt['best_epoch']}/{crt['epochs']} (val top-1 {100 * crt['best_val_top1']:.2f}%, "
-                     f"stage-1 classifiers {100 * crt['stage1_val_top1']:.2f}%), lr {crt['lr']:g}, batch "
-                     f"{crt['batch_size']}, class-balanced sampling")
+    lines += METHODS[summary["method"]].report_lines(summary["crt"])
     sweep = ", ".join(f"{r['tau']:g}: {100 * r['top1']:.2f}" for r in summary["val_sweep"])
     lines.append(f"  tau = {summary['tau']:g} for the {selection_name(tuple(summary['exits']), num_exits)} "
                  f"(val top-1 per tau: {sweep})")
@@ -108,23 +106,22 @@ def choices_text(summary: dict, num_exits: int) -> str:
 def stage1_progress(stage1: Path) -> dict:
     """Whether the stage-1 run finished: its summary is written last, and its log holds every epoch (a run stopped
     by a signal, or extended and not yet done, has neither or fewer)."""
-    epochs_done = max((r["epoch"] for r in read_jsonl(stage1 / "train_log.jsonl")), default=0)
-    config = stage1 / "config.yaml"
+    epochs_done = max((r["epoch"] for r in read_jsonl(stage1 / TRAIN_LOG_FILE)), default=0)
+    config = stage1 / CONFIG_FILE
     epochs = load_run_config(config).get("epochs") if config.is_file() else None
-    summary = (stage1 / "stage1_summary.json").is_file()
+    summary = (stage1 / STAGE1_SUMMARY_FILE).is_file()
     return {"finished": summary and epochs is not None and epochs_done >= epochs, "epochs_done": epochs_done,
             "epochs": epochs, "summary": summary}
 
 
 def run(cfg: RunConfig) -> dict:
-    out = Path(cfg.stage1_dir) / f"stage2_{cfg.stage2_method}"
-    accelerator = make_accelerator(**tracking_kwargs(cfg.report_to, cfg.tracking_dir, out / "tracking"))
-    setup_logging(accelerator.is_main_process)
     stage1 = Path(cfg.stage1_dir)
-    model_dir = stage1 / "best_model"
+    out = stage2_dir(stage1, cfg.stage2_method)
+    accelerator = make_accelerator(**tracking_kwargs(cfg.report_to, cfg.tracking_dir, out / TRACKING))
+    setup_logging(accelerator.is_main_process)
+    model_dir = stage1 / BEST_MODEL
     if not (model_dir / "config.json").exists():
         raise MissingInputError(f"{model_dir} has no model: run train_stage1.py with --output_dir {stage1} first")
-    out = stage1 / f"stage2_{cfg.stage2_method}"
     if out.is_dir() and any(out.iterdir()) and not cfg.overwrite_output_dir:
         raise OutputDirError(f"{out} already holds a stage-2 result; pass --overwrite_output_dir to replace it")
     stage1_state = stage1_progress(stage1)
@@ -142,20 +139,11 @@ def run(cfg: RunConfig) -> dict:
     check_model_matches_data(model.config, data, str(model_dir))
     main_exits = selected_exits(len(model.aux_exits) + 1, model.config.resolved_inference_rule, cfg.eval_exits)
     loader_spec = LoaderSpec.from_config(cfg)
-    if cfg.stage2_method == "crt":
-        logits, crt = retrain_classifiers(CRTOptions.from_config(cfg), accelerator, model, data, loader_spec,
-                                          eval_exits=cfg.eval_exits)
-        net = model
-    else:
-        loaders = {s: process_invariant_loader(data, s, loader_spec, accelerator.num_processes)
-                   for s in ("val", "test") if s in data.splits}
-        model, *prepared = accelerator.prepare(model, *(dl for dl, _ in loaders.values()))
-        logits = {s: predict_split(model, dl, accelerator, size, s)  # one pass per split
-                  for (s, (_, size)), dl in zip(loaders.items(), prepared)}
-        net, crt = accelerator.unwrap_model(model), None
+    method = METHODS[cfg.stage2_method]
+    logits, net, record = method.split_logits(cfg, accelerator, model, data, loader_spec)
     rule = net.config.resolved_inference_rule
     counts = net.config.class_counts
-    grid = tau_grid_for(cfg)
+    grid = method.tau_grid(cfg)
     val_logits, val_labels = logits["val"]
     num_exits = val_logits.shape[0]
     sweep = tau_sweep(val_logits, val_labels, counts, grid, rule, cfg.eval_exits)
@@ -173,7 +161,7 @@ def run(cfg: RunConfig) -> dict:
                "num_processes": accelerator.num_processes, "stage1": stage1_state,
                "inference_rule": rule, "exits": list(main_exits),
                "tau": tau, "tau_selected_on": "val", "tau_grid": grid, "val_top1": max(r["top1"] for r in sweep),
-               "val_sweep": sweep, "crt": crt, "ensemble": ensemble, "rule_evidence": evidence}
+               "val_sweep": sweep, "crt": record, "ensemble": ensemble, "rule_evidence": evidence}
     if cfg.select_inference_rule:
         summary["selected_rule"] = select_inference_rule(net.config, ensemble, evidence)
     if accelerator.is_main_process:
@@ -185,7 +173,7 @@ def run(cfg: RunConfig) -> dict:
     if "test" in logits:
         test_logits, test_labels = logits["test"]
         summary["test_sweep"] = tau_sweep(test_logits, test_labels, counts, grid, rule, cfg.eval_exits)
-        results = write_report(test_logits, test_labels, net.config, data, out / "eval_test", "test",
+        results = write_report(test_logits, test_labels, net.config, data, eval_dir(out, "test"), "test",
                                exits=cfg.eval_exits, ensemble=ensemble, is_main=accelerator.is_main_process,
                                test_agnostic=cfg.eval_test_agnostic,
                                provenance={k: summary[k] for k in ("command", "num_processes")})
@@ -198,13 +186,13 @@ def run(cfg: RunConfig) -> dict:
         accelerator.log({"stage2/tau": r["tau"], "stage2/val_top1_at_tau": r["top1"]}, step=i)
     accelerator.log({"stage2/chosen_tau": net.config.tau, "stage2/val_top1": summary["val_top1"]}, step=len(sweep))
     if accelerator.is_main_process:
-        save_model(net, out / "model", cfg, cfg.augmentation)
+        save_model(net, out / STAGE2_MODEL, cfg, cfg.augmentation)
         if ensemble:  # save_model replaced the whole folder: a previous run's weights cannot outlive the search
-            write_json(out / "model" / ENSEMBLE_FILE, {**ensemble, "selected_on": "val"})
-        write_json(out / "stage2_results.json", summary)
-        logger.info("stage 2 done: model with tau=%g in %s", net.config.tau, out / "model")
+            write_json(out / STAGE2_MODEL / ENSEMBLE_FILE, {**ensemble, "selected_on": "val"})
+        write_json(out / STAGE2_RESULTS_FILE, summary)
+        logger.info("stage 2 done: model with tau=%g in %s", net.config.tau, out / STAGE2_MODEL)
         if cfg.push_to_hub:  # after every local file is final; a failed push logs and keeps them
-            push(cfg, out / "model")
+            push(cfg, out / STAGE2_MODEL)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return summary

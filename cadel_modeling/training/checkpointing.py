@@ -27,6 +27,7 @@ from typing import List, Optional
 import numpy as np
 import torch
 
+from ..run_layout import CHECKPOINTS
 from ..utils.errors import UserError
 from ..utils.finite import require_finite
 from ..utils.io import disk_space_guard, read_json, write_json
@@ -36,7 +37,6 @@ logger = logging.getLogger("cadel")
 META = "cadel_checkpoint.json"
 MODEL_FILE, OPTIMIZER_FILE, STATE_FILE = "model.safetensors", "optimizer.pt", "training_state.json"
 RNG_PATTERN = "rng_state_{}.json"
-CHECKPOINT_DIR = "checkpoints"
 
 
 class CheckpointError(UserError, ValueError):
@@ -68,7 +68,7 @@ class TrainState:
 
 
 def checkpoint_root(output_dir) -> Path:
-    return Path(output_dir) / CHECKPOINT_DIR
+    return Path(output_dir) / CHECKPOINTS
 
 
 def signature_of(cfg, model_config) -> dict:

@@ -95,8 +95,6 @@ class StepFlags:
     waiting (rarely, and never for the step just queued) for their copies. ``drain`` returns all of them.
     """
 
-    total_waits = 0  # reads that had to wait for the device, over all instances (benchmarks/step_guard.py)
-
     def __init__(self, device: torch.device, lag: Optional[int] = None):
         self.on_host = device.type == "cpu"
         self.lag = (0 if self.on_host else 2) if lag is None else lag
@@ -115,9 +113,8 @@ class StepFlags:
 
     def _pop(self) -> tuple:
         info, host, event = self.pending.popleft()
-        if event is not None and not event.query():
-            StepFlags.total_waits += 1
-            event.synchronize()
+        if event is not None:
+            event.synchronize()  # rarely waits: the copy was queued lag steps ago
         return info, read_host(host)
 
     def due(self, global_step: int) -> List[tuple]:
@@ -144,12 +141,11 @@ def supports_device_skip(optimizer) -> bool:
 def train_one_epoch(model, loader, optimizer, loss_fn, accelerator, opts: LoopOptions, state: TrainState, *,
                     steps_per_epoch: int, preemption: Optional[Preemption] = None,
                     on_checkpoint: Optional[Callable[[], None]] = None,
-                    on_step: Optional[Callable[[StepRecord], None]] = None, lag: Optional[int] = None,
-                    guard: bool = True, prepare_batch: Optional[Callable[[dict], torch.Tensor]] = None
+                    on_step: Optional[Callable[[StepRecord], None]] = None,
+                    prepare_batch: Optional[Callable[[dict], torch.Tensor]] = None
                     ) -> Dict[str, float]:
     """One epoch (or the rest of it when resuming). Returns the mean loss of the steps taken; stops early on a signal
     (``preemption.requested`` stays set). ``on_step`` receives each step's record (late, see ``StepFlags``).
-    ``guard=False`` drops every flag and skip (for the benchmark that measures what the guard costs).
     ``prepare_batch`` turns a batch into pixel values on the device (``--decode_on_gpu``)."""
     model.train()
     device = accelerator.device
@@ -158,7 +154,7 @@ def train_one_epoch(model, loader, optimizer, loss_fn, accelerator, opts: LoopOp
     snapshot = [torch.empty_like(b) for b in buffers]
     inner = getattr(optimizer, "optimizer", optimizer)
     device_skip = supports_device_skip(optimizer)
-    flags = StepFlags(device, lag)
+    flags = StepFlags(device)
     mixup_gen = torch.Generator()
     T = annealing_T(min(state.epoch, opts.schedule.epochs), opts.schedule.epochs)  # held at 0 past the schedule
     accum = opts.grad_accum_steps
@@ -213,8 +209,7 @@ def train_one_epoch(model, loader, optimizer, loss_fn, accelerator, opts: LoopOp
         state.epoch_loss_sum, state.epoch_loss_count = loss_sum.item(), int(taken.item())
 
     for i, batch in enumerate(batches):
-        if guard:
-            catch_up(block=False)
+        catch_up(block=False)
         if stop or state.step_in_epoch >= steps_per_epoch:
             break
         micro = i % accum
@@ -223,7 +218,7 @@ def train_one_epoch(model, loader, optimizer, loss_fn, accelerator, opts: LoopOp
         seed = step_seed(opts.seed, accelerator.process_index, state.global_step, micro)
         torch.manual_seed(seed)
         mixup_gen.manual_seed(seed)
-        if guard and micro == 0:
+        if micro == 0:
             if buffers:  # a ViT has none (LayerNorm keeps no running statistics); _foreach_copy_ refuses empty lists
                 torch._foreach_copy_(snapshot, buffers)
             step_bad.zero_()
@@ -239,13 +234,12 @@ def train_one_epoch(model, loader, optimizer, loss_fn, accelerator, opts: LoopOp
         with accelerator.accumulate(model):
             exit_logits = model(pixel_values=x).exit_logits
             loss = loss_fn(exit_logits, y_a, y_b, lam, T)
-            if guard:
-                detached = loss.detach()
-                bad = (~torch.isfinite(detached)).float()
-                step_bad += bad
-                step_loss += torch.where(bad > 0, torch.zeros_like(detached), detached)
+            detached = loss.detach()
+            bad = (~torch.isfinite(detached)).float()
+            step_bad += bad
+            step_loss += torch.where(bad > 0, torch.zeros_like(detached), detached)
             accelerator.backward(loss)
-            if accelerator.sync_gradients and guard:
+            if accelerator.sync_gradients:
                 grads = [p.grad for p in net.parameters() if p.grad is not None]
                 if grads:  # a finite loss can still overflow in backward: such a step is skipped as well
                     torch._amp_foreach_non_finite_check_and_unscale_(grads, step_bad, one)
@@ -265,10 +259,6 @@ def train_one_epoch(model, loader, optimizer, loss_fn, accelerator, opts: LoopOp
                 taken += (~skipped).float() * accum
                 flags.push({"epoch": state.epoch, "step_in_epoch": state.step_in_epoch,
                             "global_step": state.global_step + 1, "lr": lr}, shared)
-            elif not guard:
-                optimizer.step()
-                loss_sum += loss.detach()
-                taken += 1
             optimizer.zero_grad(set_to_none=True)
         if accelerator.sync_gradients:
             state.step_in_epoch += 1
@@ -279,8 +269,7 @@ def train_one_epoch(model, loader, optimizer, loss_fn, accelerator, opts: LoopOp
                 if stop:
                     break
                 on_checkpoint()
-    if guard:
-        catch_up(block=True)
+    catch_up(block=True)
     if hasattr(inner, "found_inf"):
         del inner.found_inf
     bar.close()

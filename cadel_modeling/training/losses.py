@@ -115,6 +115,12 @@ class CascadeLoss(nn.Module):
         else:
             self.logit_offset = None
 
+    @classmethod
+    def from_config(cls, cfg, class_counts: Optional[Sequence[int]]) -> CascadeLoss:
+        """The loss a run config asks for (``base_loss="auto"`` resolved for its backbone)."""
+        return cls(cfg.bins, cfg.gamma, cfg.base_weight, cfg.weight_mode, cfg.resolved_base_loss(),
+                   class_counts=class_counts)
+
     def extra_repr(self) -> str:
         return (
             f"bins={self.bins}, gamma={self.gamma}, base_weight={self.base_weight}, "

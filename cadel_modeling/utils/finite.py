@@ -1,7 +1,7 @@
 """The rule that nothing non-finite is ever saved: every save first checks every floating tensor it writes."""
 from __future__ import annotations
 
-from typing import Iterable, List, Mapping, Tuple
+from typing import Iterable, List, Tuple
 
 import torch
 
@@ -17,23 +17,8 @@ def nonfinite_tensors(named: Iterable[Tuple[str, torch.Tensor]]) -> List[str]:
     return [name for name, t in named if torch.is_tensor(t) and t.is_floating_point() and not torch.isfinite(t).all()]
 
 
-def state_tensors(module: torch.nn.Module) -> Iterable[Tuple[str, torch.Tensor]]:
-    """Parameters and buffers (BatchNorm running statistics included)."""
-    yield from module.state_dict(keep_vars=False).items()
-
-
-def optimizer_tensors(optimizer: torch.optim.Optimizer) -> Iterable[Tuple[str, torch.Tensor]]:
-    for index, state in optimizer.state_dict()["state"].items():
-        for key, value in state.items():
-            yield f"state.{index}.{key}", value
-
-
 def require_finite(named: Iterable[Tuple[str, torch.Tensor]], what: str) -> None:
     bad = nonfinite_tensors(named)
     if bad:
         shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
         raise NonFiniteTensorError(f"refusing to save {what}: {len(bad)} tensors hold NaN/inf ({shown})")
-
-
-def require_finite_mapping(tensors: Mapping[str, torch.Tensor], what: str) -> None:
-    require_finite(tensors.items(), what)

@@ -34,7 +34,7 @@ Returns:
     labels present in references or predictions, like sklearn), ece, nll, num_samples, num_many, num_medium, num_few
     (number of classes in each group).
 Examples:
-    >>> metric = evaluate.load("cadel_modeling/metric_modules/long_tail_classification")
+    >>> metric = evaluate.load("cadel_modeling/metrics/long_tail_classification")
     >>> out = metric.compute(predictions=[[2.0, 0.0], [0.0, 1.0]], references=[0, 0], class_counts=[150, 10])
     >>> out["accuracy"], out["many_accuracy"], out["few_accuracy"]
     (0.5, 0.5, None)
