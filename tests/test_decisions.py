@@ -245,12 +245,11 @@ def test_a_stop_asked_by_another_process_stops_this_one_and_sets_its_flag():
 def test_crt_tries_tau_0_first_and_only_0_without_its_adjustment():
     from types import SimpleNamespace
 
-    from cadel_modeling.stages.stage2 import tau_grid_for
+    from cadel_modeling.stages.stage2 import METHODS
     grid = ["0.5", 0.0, 1]
-    assert tau_grid_for(SimpleNamespace(tau_grid=grid, stage2_method="logit_adjustment")) == [0.5, 0.0, 1.0]
-    assert tau_grid_for(SimpleNamespace(tau_grid=grid, stage2_method="crt", crt_logit_adjustment=True)) == \
-        [0.0, 0.5, 1.0]
-    assert tau_grid_for(SimpleNamespace(tau_grid=grid, stage2_method="crt", crt_logit_adjustment=False)) == [0.0]
+    assert METHODS["logit_adjustment"].tau_grid(SimpleNamespace(tau_grid=grid)) == [0.5, 0.0, 1.0]
+    assert METHODS["crt"].tau_grid(SimpleNamespace(tau_grid=grid, crt_logit_adjustment=True)) == [0.0, 0.5, 1.0]
+    assert METHODS["crt"].tau_grid(SimpleNamespace(tau_grid=grid, crt_logit_adjustment=False)) == [0.0]
 
 
 def test_stage2_says_what_it_chose_line_by_line():

@@ -165,7 +165,9 @@ def test_stage2_chooses_tau_on_validation_not_on_test(stage1_run, monkeypatch, c
     # validation rows are of the tail class (best tau: 1.0, the first of 1.0 and 1.5); test rows of the head class
     # (best tau: 0)
     splits = {"val": tail_or_head(3), "test": tail_or_head(0)}
-    monkeypatch.setattr(stage2, "predict_split", lambda model, loader, accelerator, size, split: splits[split])
+    from cadel_modeling.stages import logit_adjustment
+    monkeypatch.setattr(logit_adjustment, "predict_split", lambda model, loader, accelerator, size, split:
+                        splits[split])
     logged = []
     make_accelerator = stage2.make_accelerator
 
