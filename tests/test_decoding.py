@@ -145,16 +145,3 @@ def test_a_split_of_blank_images_gets_one_warning_naming_it(tmp_path, caplog):
     warnings = [r.getMessage() for r in caplog.records if "flat value" in r.getMessage()]
     assert [w.split(":")[0] for w in warnings] == ["train", "val"]
     assert warnings[0].startswith("train: the first 8 images each decode to a single flat value")
-
-
-@pytest.mark.slow
-def test_a_sixteen_bit_imagefolder_trains(tmp_path):
-    from cadel_modeling.config import parse_config
-    from cadel_modeling.stages import stage1
-    root = imagefolder(tmp_path / "data", write_sixteen_bit)
-    cfg = parse_config(["--dataset", "imagefolder", "--data_dir", str(root), "--backbone", "test_resnet",
-                        "--image_size", "32", "--aux_head", "light", "--augmentation", "none", "--epochs", "1",
-                        "--batch_size", "4", "--eval_batch_size", "4", "--num_workers", "0",
-                        "--output_dir", str(tmp_path / "run")])
-    summary = stage1.run(cfg)
-    assert summary["epochs"] == 1 and (tmp_path / "run" / "best_model" / "model.safetensors").exists()

@@ -1,7 +1,8 @@
 """The Safety III bar (issue 23), end to end on the issue's tiny stage-1 command: a Hub token given on the command
 line is found in no byte written or uploaded by stage 1, stage 2, evaluation and their (mocked) pushes; two runs into
 one folder (the second is refused, naming the first's pid); resuming another run's checkpoint into a used folder;
-exporting into a non-empty folder; a corrupt training image and an empty validation split leave no claimed folder."""
+exporting into a non-empty folder; a corrupt training image and an empty validation split leave no claimed folder;
+an image folder of 16-bit PNGs trains on real pixels (its decoding is tested exactly in test_decoding.py)."""
 import contextlib
 import hashlib
 import io
@@ -199,3 +200,19 @@ def test_resuming_with_more_epochs_never_raises_T_and_records_the_change(token_r
     assert [(r["epoch"], r["T"], r["lr"]) for r in log] == [(1, 0.0, 0.05), (2, 0.0, 0.05), (3, 0.0, 0.05)]
     info = json.loads((run / "run_info.json").read_text())
     assert info["config_changes"] == [{"key": "epochs", "old": 1, "new": 3, "from_epoch": 2, "from_step": 12}]
+
+
+def test_a_sixteen_bit_png_set_trains_on_real_pixels_not_blank_ones(tmp_path):
+    from test_decoding import imagefolder, write_sixteen_bit
+
+    from cadel_modeling.config import parse_config
+    from cadel_modeling.stages import stage1
+    root = imagefolder(tmp_path / "data", write_sixteen_bit)
+    cfg = parse_config(["--dataset", "imagefolder", "--data_dir", str(root), "--backbone", "test_resnet",
+                        "--image_size", "32", "--aux_head", "light", "--augmentation", "none", "--epochs", "1",
+                        "--batch_size", "4", "--eval_batch_size", "4", "--num_workers", "0",
+                        "--output_dir", str(tmp_path / "run")])
+    summary = stage1.run(cfg)
+    assert summary["epochs"] == 1 and (tmp_path / "run" / "best_model" / "model.safetensors").exists()
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "flat value" not in log  # a plain convert("RGB") saturates every pixel: the blank-split warning fires
