@@ -55,7 +55,6 @@ class LoopOptions:
     channels_last: bool = False
     on_nonfinite_loss: str = "skip"
     max_skipped_steps: int = 10
-    log_every: int = 0
     checkpointing_steps: Optional[int] = None
 
     @classmethod
@@ -63,7 +62,7 @@ class LoopOptions:
         return cls(schedule=LRSchedule.from_config(cfg), epochs=cfg.epochs, seed=cfg.seed,
                    grad_accum_steps=cfg.grad_accum_steps, mixup_alpha=cfg.mixup_alpha,
                    channels_last=cfg.channels_last, on_nonfinite_loss=cfg.on_nonfinite_loss,
-                   max_skipped_steps=cfg.max_skipped_steps, log_every=cfg.log_every,
+                   max_skipped_steps=cfg.max_skipped_steps,
                    checkpointing_steps=cfg.checkpointing_steps)
 
 
@@ -170,7 +169,6 @@ def train_one_epoch(model, loader, optimizer, loss_fn, accelerator, opts: LoopOp
     bar = progress(total=steps_per_epoch, initial=state.step_in_epoch, desc=f"epoch {state.epoch}/{opts.epochs}",
                    main=accelerator.is_local_main_process)
     stop = stop_raised = False
-    recent: deque = deque(maxlen=max(opts.log_every, 1))
 
     def handle(info: dict, values: List[float]) -> None:
         nonlocal stop
@@ -194,9 +192,6 @@ def train_one_epoch(model, loader, optimizer, loss_fn, accelerator, opts: LoopOp
                                          f"--max_skipped_steps")
         else:
             state.consecutive_skipped = 0
-            recent.append(record.loss)
-        if opts.log_every and record.global_step % opts.log_every == 0 and recent:
-            bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}")
         if on_step is not None:
             on_step(record)
 
