@@ -26,6 +26,7 @@ from .run_layout import BEST_MODEL, run_dir_of
 from .utils.errors import MissingInputError
 from .utils.logging import close_log_file
 from .utils.run_lock import RunLock
+from .utils.secrets import redact
 
 EXIT_ERROR = 1
 
@@ -56,7 +57,7 @@ def resolve_config(command: str, argv: Sequence[str], description: str) -> RunCo
 
 def _record_traceback(exc: BaseException) -> Path:
     """The traceback into the run's log file when the run has one, else a temporary file; returns where."""
-    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    text = redact("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.FileHandler) and getattr(handler, "cadel", False):  # the run's, not a host's
             handler.stream.write(text)
@@ -71,7 +72,7 @@ def _record_traceback(exc: BaseException) -> Path:
 def message(exc: BaseException) -> str:
     """The message of ``exc``. An error raised in a DataLoader worker reaches us with the worker's whole traceback in
     its message: its last line is the error itself."""
-    text = str(exc).strip()
+    text = redact(str(exc)).strip()  # an echoed flag or a library's message may quote the token
     if "Original Traceback" in text:
         text = text.splitlines()[-1].split(": ", 1)[-1]
     return text or type(exc).__name__

@@ -340,3 +340,13 @@ def test_each_command_locks_the_run_folder_it_writes_into(tmp_path):
         assert cli.run_folder("evaluate", RunConfig(eval_model=str(model))) == run
     hub = RunConfig(eval_model="someone/model", output_dir=str(tmp_path / "out"))
     assert cli.run_folder("evaluate", hub) == tmp_path / "out"
+
+
+def test_an_error_that_quotes_the_token_is_printed_and_logged_redacted(tmp_path, monkeypatch):
+    from cadel_modeling import cli
+    token = "hf_" + "FAKEsecret" * 4
+    exc = ValueError(f"401 for --hub_token={token} (token {token})")
+    assert token not in cli.message(exc) and "***" in cli.message(exc)
+    monkeypatch.setattr(cli.tempfile, "tempdir", str(tmp_path))
+    where = cli._record_traceback(exc)
+    assert token not in where.read_text() and "--hub_token=***" in where.read_text()
