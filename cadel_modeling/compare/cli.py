@@ -95,7 +95,7 @@ def main(argv: Optional[List[str]] = None, prog: str = "cadel-compare", out_root
             check_record(run_dir, stage1_command(launcher, run_dir, recipe, seed, base, extra))
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
     out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     print(f"{len(grid)} runs in {out} ({args.launcher} launcher): {cfg.dataset} data"

@@ -18,7 +18,7 @@ from .recipes import RECIPES, run_rows
 
 RUN_RECORD = "lt_compare_run.json"  # the name benchmarks/lt_compare.py always used: its run folders stay readable
 STAGE1, STAGE2 = "cadel_modeling.train_stage1", "cadel_modeling.train_stage2"
-EXIT_USAGE = 2  # the stages' code for bad input (cadel_modeling.cli)
+EXIT_USAGE = ConfigError.exit_code  # the stages' code for bad input (cadel_modeling.cli)
 
 
 @dataclass

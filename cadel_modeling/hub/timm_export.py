@@ -47,7 +47,8 @@ def export_timm_backbone(model_ref: str, out_dir, overwrite: bool = False) -> Pa
     from ..modeling.locate import find_model_dir
 
     check_export_target(out_dir, overwrite)
-    model = load_model(find_model_dir(model_ref))
+    model_dir = find_model_dir(model_ref)  # once: for a Hub id it is a download
+    model = load_model(model_dir)
     c = model.config
     args = {"num_classes": 0, "global_pool": "avg", **c.backbone_kwargs}
     if c.is_vit:
@@ -57,7 +58,7 @@ def export_timm_backbone(model_ref: str, out_dir, overwrite: bool = False) -> Pa
     if missing or unexpected:
         raise ModelError(f"the backbone of {model_ref} does not match timm's {c.backbone} (missing {missing[:3]}, "
                          f"unexpected {unexpected[:3]})")
-    data_config = eval_data_config(find_model_dir(model_ref), c.image_size)
+    data_config = eval_data_config(model_dir, c.image_size)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():

@@ -68,7 +68,8 @@ def init_from_model(model: CadelForImageClassification, ref: str) -> dict:
         raise ModelError(f"--init_from {ref} is a {source_config.backbone} cascade but this run builds "
                          f"{model.config.backbone}; pass --backbone {source_config.backbone} (and its exit settings)")
     report = load_pretrained_checkpoint(model, source)
-    fresh = [name for name in model.state_dict() if name not in set(report.loaded)]
+    loaded = set(report.loaded)
+    fresh = [name for name in model.state_dict() if name not in loaded]
     return {"source": ref, "tensors_loaded": len(report.loaded), "tensors_fresh": len(fresh), "fresh": fresh,
             "summary": f"initialised from {ref}: {len(report.loaded)} tensors loaded, {len(fresh)} kept fresh "
                        f"(new class count or head)"}

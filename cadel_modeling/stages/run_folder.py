@@ -12,7 +12,6 @@ rises again (docs/reliability.md).
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 from typing import List, Optional
 
@@ -22,7 +21,7 @@ from ..run_layout import CARD_FILE, EVAL_PREFIX, RUN_FILES, RUN_FOLDERS, RUN_INF
 from ..training.checkpointing import CheckpointError, checkpoint_root, latest_valid, list_checkpoints, read_meta, verify
 from ..utils.errors import ConfigError, OutputDirError
 from ..utils.io import read_json
-from ..utils.run_lock import LOCK_NAME
+from ..utils.run_lock import LOCK_NAME, clear_except_lock
 
 logger = logging.getLogger("cadel")
 
@@ -95,9 +94,7 @@ def claim_output_dir(cfg: RunConfig, accelerator, resuming: bool) -> Path:
     out = Path(cfg.output_dir)
     if accelerator.is_main_process:
         if not resuming and folder_state(out) == "run":
-            for entry in out.iterdir():
-                if entry.name != LOCK_NAME:
-                    shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+            clear_except_lock(out)
             logger.warning("--overwrite_output_dir: removed the previous run in %s (checkpoints, logs, models, "
                            "stage-2 and evaluation folders)", out)
         out.mkdir(parents=True, exist_ok=True)

@@ -115,6 +115,9 @@ def stage1_progress(stage1: Path) -> dict:
 
 
 def run(cfg: RunConfig) -> dict:
+    if cfg.select_inference_rule and not cfg.exit_weight_step:  # flags alone: before data, forward passes, cRT
+        raise ConfigError("--select_inference_rule chooses among the rules and the learned exit weights: it needs "
+                          "--exit_weight_step > 0")
     stage1 = Path(cfg.stage1_dir)
     out = stage2_dir(stage1, cfg.stage2_method)
     accelerator = make_accelerator(**tracking_kwargs(cfg.report_to, cfg.tracking_dir, out / TRACKING))
@@ -150,9 +153,6 @@ def run(cfg: RunConfig) -> dict:
     tau = pick_tau(sweep)
     net.config.tau = tau
     step = cfg.exit_weight_step
-    if cfg.select_inference_rule and not step:
-        raise ConfigError("--select_inference_rule chooses among the rules and the learned exit weights: it needs "
-                          "--exit_weight_step > 0")
     ensemble = search_exit_weights(val_logits.to(accelerator.device), val_labels, counts, grid, step, rule) \
         if step else None
     evidence = rule_change_evidence(val_logits, val_labels, counts, ensemble, rule, tau, cfg.select_rule_resamples,

@@ -46,6 +46,13 @@ def _holder(path: Path) -> dict:
         return {}
 
 
+def clear_except_lock(folder: Path) -> None:
+    """Remove everything in ``folder`` but the lock file, which belongs to the running command."""
+    for entry in folder.iterdir():
+        if entry.name != LOCK_NAME:
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+
+
 class RunLock:
     """``with RunLock(folder):`` holds the folder for this process (see the module docstring)."""
 
@@ -110,9 +117,7 @@ class RunLock:
 
     def discard_written(self) -> None:
         """Remove everything in the folder but the lock (what a command that found it empty wrote there)."""
-        for entry in self.folder.iterdir():
-            if entry.name != LOCK_NAME:
-                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+        clear_except_lock(self.folder)
 
     def __enter__(self) -> RunLock:
         return self.acquire()
