@@ -2,6 +2,7 @@
 stage-2 result gives (the robust exit rule included), the committed grids regenerated into the README tables, and
 bad input refused before anything is written. The command itself runs from the installed wheel (test_wheel.py) and
 through benchmarks/lt_compare.py (test_benchmarks.py)."""
+import importlib.util
 import json
 import sys
 
@@ -10,7 +11,7 @@ import pytest
 from cadel_modeling.compare import cli
 from cadel_modeling.compare.recipes import METRICS, run_rows
 from cadel_modeling.compare.runs import RUN_RECORD, Launcher, RunFailed, run_logged, stage1_command
-from cadel_modeling.compare.tables import aggregate, markdown, paired
+from cadel_modeling.compare.tables import aggregate, markdown, paired, rule_check
 
 from conftest import REPO
 
@@ -61,6 +62,36 @@ def test_the_robust_row_takes_the_learned_weights_only_with_strong_evidence():
     assert "CADEL + robust exit rule" not in run_rows("cadel", stage2_result(None))  # results older than the rule
     assert {k: v["All"] for k, v in run_rows("ce", stage2_result(None)).items()} == {"CE": 0.60,
                                                                                      "CE + post-hoc LA": 0.70}
+
+
+def cadel_run(recipe, seed, paper, robust, strong):
+    label = {"cadel": "CADEL", "cadel_balanced": "CADEL + Balanced Softmax"}[recipe]
+    evidence = {"strong": strong, "fraction_ahead": 0.97 if strong else 0.6}
+    return {"recipe": recipe, "seed": seed, "rule_evidence": evidence,
+            "rows": {label: {"All": paper}, f"{label} + exit weights on val": {"All": 0.9},
+                     f"{label} + robust exit rule": {"All": robust}}}
+
+
+def test_the_rule_check_compares_the_robust_rule_with_the_papers_on_every_cadel_run(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("robust_rule", REPO / "benchmarks" / "robust_rule.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    robust_rule = module.main
+    runs = [cadel_run("cadel", 0, 0.70, 0.73, True), cadel_run("cadel_balanced", 1, 0.71, 0.71, False),
+            {"recipe": "ce", "seed": 0, "rule_evidence": None, "rows": {"CE + post-hoc LA": {"All": 0.6}}},
+            {"recipe": "cadel", "seed": 2, "rule_evidence": None, "rows": {"CADEL": {"All": 0.5}}}]  # predates it
+    checks = rule_check(runs)
+    assert [(c["recipe"], c["seed"], c["strong"]) for c in checks] == [("cadel", 0, True), ("cadel_balanced", 1, False)]
+    assert [c["difference"] for c in checks] == pytest.approx([3.0, 0.0])
+    assert checks[0]["paper"] == pytest.approx(70.0) and checks[0]["robust"] == pytest.approx(73.0)
+    grid = tmp_path / "lt_compare_x.json"
+    grid.write_text(json.dumps({"runs": runs}))
+    assert robust_rule([str(grid)]) == 0
+    out = capsys.readouterr().out
+    assert "| x | cadel | 0 | 70.0 | 73.0 | +3.0 | 97.0% (kept) |" in out and "+1.50 points on average" in out
+    runs.append(cadel_run("cadel", 3, 0.70, 0.694, True))            # one run 0.6 below the paper's rule: fails
+    grid.write_text(json.dumps({"runs": runs}))
+    assert robust_rule([str(grid)]) == 1 and "FAIL" in capsys.readouterr().out
 
 
 def test_launchers_start_the_stages_with_this_interpreter(tmp_path):

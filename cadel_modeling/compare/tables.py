@@ -6,7 +6,7 @@ import statistics
 from pathlib import Path
 from typing import Dict, List
 
-from .recipes import BASELINE, METRICS
+from .recipes import BASELINE, LABELS, METRICS
 
 
 def aggregate(runs: List[dict]) -> Dict[str, dict]:
@@ -35,6 +35,22 @@ def paired(runs: List[dict], baseline: str = BASELINE) -> Dict[str, dict]:
     return {label: {"mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0, "n": len(v),
                     "wins": sum(d > 0 for d in v), "values": v}
             for label, v in diffs.items() if label != baseline}
+
+
+def rule_check(runs: List[dict]) -> List[dict]:
+    """Per CADEL run whose stage 2 recorded the rule evidence: test top-1 (in %) of the paper's rule (the recipe's
+    own row) and of the robust rule (what ``--select_inference_rule`` keeps), and whether the evidence was strong."""
+    checks = []
+    for run in runs:
+        label = LABELS[run["recipe"]]
+        robust = run["rows"].get(f"{label} + robust exit rule")
+        if robust is not None:
+            paper = run["rows"][label]["All"]
+            checks.append({"recipe": run["recipe"], "seed": run["seed"], "paper": 100 * paper,
+                           "robust": 100 * robust["All"], "difference": 100 * (robust["All"] - paper),
+                           "strong": run["rule_evidence"]["strong"],
+                           "fraction_ahead": run["rule_evidence"]["fraction_ahead"]})
+    return checks
 
 
 def markdown(agg: Dict[str, dict], diffs: Dict[str, dict]) -> str:
