@@ -20,8 +20,12 @@ from cadel_modeling.modeling import CadelConfig, CadelForImageClassification
 from cadel_modeling.modeling.costs import exit_costs, model_summary
 from cadel_modeling.modeling.factory import build_model, save_model
 from cadel_modeling.modeling.heads import ConvAuxHead
-from cadel_modeling.modeling.pretrained import (LoadReport, load_pretrained_checkpoint, load_state_dict_into,
-                                                resize_pos_embed)
+from cadel_modeling.modeling.pretrained import (
+    LoadReport,
+    load_pretrained_checkpoint,
+    load_state_dict_into,
+    resize_pos_embed,
+)
 from cadel_modeling.training.losses import CascadeLoss, mixup_batch
 from cadel_modeling.training.optim import OptimizerSpec, build_optimizer, set_learning_rate
 
