@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..run_layout import TORCH_WEIGHTS_FILE, WEIGHTS_FILE
 from ..utils.errors import MissingInputError, ModelError
 
 logger = logging.getLogger("cadel")
@@ -82,10 +83,10 @@ def read_state_dict(path) -> Dict[str, torch.Tensor]:
     """The flat ``name -> tensor`` dict held by a checkpoint file or a saved model folder."""
     path = Path(path)
     if path.is_dir():
-        candidates = [path / n for n in ("model.safetensors", "pytorch_model.bin")]
+        candidates = [path / n for n in (WEIGHTS_FILE, TORCH_WEIGHTS_FILE)]
         found = [p for p in candidates if p.exists()]
         if not found:
-            raise MissingInputError(f"{path} is a folder without model.safetensors or pytorch_model.bin; "
+            raise MissingInputError(f"{path} is a folder without {WEIGHTS_FILE} or {TORCH_WEIGHTS_FILE}; "
                                     f"point --pretrained_checkpoint at a checkpoint file or a saved model folder")
         path = found[0]
     if not path.exists():
