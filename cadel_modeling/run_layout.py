@@ -4,7 +4,7 @@ upload and model lookup all read it from here).
     <output_dir>/                     a stage-1 run folder
         config.yaml, run_info.json, train_log.jsonl, train.log, stage1_summary.json
         checkpoints/ best_model/ last_model/ tracking/
-        checkpoints/step_<global step>/  model.safetensors, optimizer.pt, training_state.json, rng_state_<process>.json,
+        checkpoints/step_<n>/         model.safetensors, optimizer.pt, training_state.json, rng_state_<process>.json,
                                       cadel_checkpoint.json (training/checkpointing.py writes and checks them)
         best_model/eval_val/          stage 1's evaluation of its best model
         stage2_<method>/              one per stage-2 method: model/, eval_test/, stage2_results.json, tracking/
