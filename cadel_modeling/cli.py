@@ -22,7 +22,7 @@ from typing import Callable, Optional, Sequence
 
 from .config import ConfigError, RunConfig, load_run_config, parse_config, print_preset_listing
 from .config.schema import STAGE1, STAGE2
-from .run_layout import BEST_MODEL, run_dir_of
+from .run_layout import BEST_MODEL, holds_model, run_dir_of
 from .utils.errors import MissingInputError
 from .utils.logging import close_log_file
 from .utils.run_lock import RunLock
@@ -42,7 +42,7 @@ def resolve_config(command: str, argv: Sequence[str], description: str) -> RunCo
         if not first.stage1_dir:
             raise ConfigError("--stage1_dir is required: the stage-1 output_dir to start from")
         model_dir = Path(first.stage1_dir) / BEST_MODEL
-        if not (model_dir / "config.json").is_file():
+        if not holds_model(model_dir):
             raise MissingInputError(f"{model_dir} holds no model: run stage 1 with --output_dir {first.stage1_dir} "
                                     f"first (or point --stage1_dir at a stage-1 run folder)")
         base = load_run_config(run_config_path(model_dir))

@@ -4,8 +4,12 @@ upload and model lookup all read it from here).
     <output_dir>/                     a stage-1 run folder
         config.yaml, run_info.json, train_log.jsonl, train.log, stage1_summary.json
         checkpoints/ best_model/ last_model/ tracking/
+        checkpoints/step_<n>/         model.safetensors, optimizer.pt, training_state.json, rng_state_<process>.json,
+                                      cadel_checkpoint.json (training/checkpointing.py writes and checks them)
         best_model/eval_val/          stage 1's evaluation of its best model
         stage2_<method>/              one per stage-2 method: model/, eval_test/, stage2_results.json, tracking/
+    <model folder>/                   config.json, model.safetensors, preprocessor_config.json, run_config.yaml,
+                                      ensemble.json (stage 2), the remote code; a Hub repository has the same files
     <model folder>/eval_<split>/      an evaluation (results.json, per_class.csv, per_class_accuracy.png)
 """
 from __future__ import annotations
@@ -30,10 +34,25 @@ STAGE2_MODEL = "model"                     # the model folder inside stage2_<met
 RUN_CONFIG_NAME = "run_config.yaml"        # the run config saved with every model's weights
 ENSEMBLE_FILE = "ensemble.json"            # exit weights and their tau learned on validation by stage 2
 CARD_FILE = "README.md"                    # the model card
+# transformers' names for a model folder's files (CONFIG_NAME, SAFE_WEIGHTS_NAME, ...; checked against them by the
+# tests), spelled out so the layout needs no transformers import
+MODEL_CONFIG_FILE = "config.json"          # its presence makes a folder a model folder
+WEIGHTS_FILE = "model.safetensors"
+WEIGHTS_INDEX_FILE = "model.safetensors.index.json"  # sharded weights
+TORCH_WEIGHTS_FILE = "pytorch_model.bin"   # older saves (read by --pretrained_checkpoint only)
+PROCESSOR_FILE = "preprocessor_config.json"  # the evaluation transform (image processor)
 RESULTS_FILE = "results.json"              # an evaluation: every score variant's metrics
 ALL_RESULTS_FILE = "all_results.json"      # the main metrics as flat eval_* keys (HF examples' file)
 PER_CLASS_CSV = "per_class.csv"
 PER_CLASS_PLOT = "per_class_accuracy.png"
+
+CHECKPOINT_PREFIX = "step_"                # checkpoints/step_<global step, 8 digits>/
+CHECKPOINT_META = "cadel_checkpoint.json"  # what a resuming run must agree with; written last
+CHECKPOINT_MODEL_FILE = WEIGHTS_FILE
+CHECKPOINT_OPTIMIZER_FILE = "optimizer.pt"
+CHECKPOINT_STATE_FILE = "training_state.json"  # loop position, best metric, counters, the scaler
+CHECKPOINT_RNG_PATTERN = "rng_state_{}.json"  # one per process
+CHECKPOINT_FILES = (CHECKPOINT_META, CHECKPOINT_MODEL_FILE, CHECKPOINT_OPTIMIZER_FILE, CHECKPOINT_STATE_FILE)  # + RNG
 
 RUN_FILES = (CONFIG_FILE, RUN_INFO_FILE, TRAIN_LOG_FILE, STAGE1_SUMMARY_FILE, TEXT_LOG_FILE)  # stage 1's own files
 PUBLISHED_RUN_FILES = (CONFIG_FILE, RUN_INFO_FILE, TRAIN_LOG_FILE, STAGE1_SUMMARY_FILE, STAGE2_RESULTS_FILE)  # uploaded
@@ -41,6 +60,15 @@ RESULT_FILES = (RESULTS_FILE, ALL_RESULTS_FILE, PER_CLASS_CSV, PER_CLASS_PLOT)  
 RUN_FOLDERS = (CHECKPOINTS, BEST_MODEL, LAST_MODEL, TRACKING)
 RUN_MARKERS = (CONFIG_FILE, RUN_INFO_FILE, CHECKPOINTS)  # any of these: a cadel run folder
 STAGE1_MODELS = (BEST_MODEL, LAST_MODEL)
+
+
+def holds_model(folder) -> bool:
+    """Whether ``folder`` is a model folder (a saved model's config is in it)."""
+    return (Path(folder) / MODEL_CONFIG_FILE).is_file()
+
+
+def checkpoint_name(global_step: int) -> str:
+    return f"{CHECKPOINT_PREFIX}{global_step:08d}"
 
 
 def stage2_dir(run_dir, method: str) -> Path:

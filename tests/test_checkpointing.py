@@ -12,11 +12,13 @@ import pytest
 import torch
 from torch import nn
 
+from cadel_modeling.run_layout import (
+    CHECKPOINT_META,
+    CHECKPOINT_MODEL_FILE,
+    CHECKPOINT_OPTIMIZER_FILE,
+    CHECKPOINT_STATE_FILE,
+)
 from cadel_modeling.training.checkpointing import (
-    META,
-    MODEL_FILE,
-    OPTIMIZER_FILE,
-    STATE_FILE,
     CheckpointError,
     TrainState,
     check_signature,
@@ -83,9 +85,9 @@ def test_round_trip_restores_weights_buffers_optimizer_state_and_random_generato
 
 def test_random_generators_are_not_restored_when_the_process_count_changed(accelerator, tmp_path):
     path = save(accelerator, tmp_path, 4)
-    meta = json.loads((path / META).read_text())
+    meta = json.loads((path / CHECKPOINT_META).read_text())
     meta["num_processes"] = 2      # as if written by 2 processes: rng_state_1 would be expected too
-    (path / META).write_text(json.dumps(meta))
+    (path / CHECKPOINT_META).write_text(json.dumps(meta))
     (path / "rng_state_1.json").write_text((path / "rng_state_0.json").read_text())
     torch.manual_seed(123)
     expected = torch.rand(1).item()
@@ -152,14 +154,14 @@ def test_verify_accepts_exactly_the_expected_files(accelerator, tmp_path):
         verify(path)
     (path / "extra.pkl").unlink()
 
-    (path / OPTIMIZER_FILE).unlink()
+    (path / CHECKPOINT_OPTIMIZER_FILE).unlink()
     with pytest.raises(CheckpointError, match=r"incomplete: \['optimizer.pt'\] missing"):
         verify(path)
 
 
 @pytest.mark.parametrize("broken, message", [
-    (MODEL_FILE, r"corrupt \(SafetensorError: "), (STATE_FILE, r"corrupt \(JSONDecodeError: "),
-    (META, r"corrupt \(cadel_checkpoint.json is not valid JSON\)")])
+    (CHECKPOINT_MODEL_FILE, r"corrupt \(SafetensorError: "), (CHECKPOINT_STATE_FILE, r"corrupt \(JSONDecodeError: "),
+    (CHECKPOINT_META, r"corrupt \(cadel_checkpoint.json is not valid JSON\)")])
 def test_verify_refuses_unreadable_files(accelerator, tmp_path, broken, message):
     path = save(accelerator, tmp_path, 1)
     (path / broken).write_bytes(b"\x00garbage{")
@@ -171,14 +173,15 @@ def test_verify_refuses_a_missing_folder_and_a_folder_without_metadata(accelerat
     with pytest.raises(CheckpointError, match="no checkpoint folder"):
         verify(tmp_path / "nowhere")
     path = save(accelerator, tmp_path, 1)
-    (path / META).unlink()
+    (path / CHECKPOINT_META).unlink()
     with pytest.raises(CheckpointError, match="not a complete cadel checkpoint"):
         verify(path)
 
 
 def test_expected_files_has_one_random_state_per_process():
-    assert expected_files(2) == {META, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, "rng_state_0.json",
-                                 "rng_state_1.json"}
+    # spelled out: checkpoints written by earlier versions must still be found complete
+    assert expected_files(2) == {"cadel_checkpoint.json", "model.safetensors", "optimizer.pt", "training_state.json",
+                                 "rng_state_0.json", "rng_state_1.json"}
 
 
 def test_list_checkpoints_is_sorted_by_step_and_ignores_temporary_folders_and_files(accelerator, tmp_path):
@@ -193,7 +196,7 @@ def test_list_checkpoints_is_sorted_by_step_and_ignores_temporary_folders_and_fi
 def test_latest_valid_falls_back_past_corrupt_and_foreign_checkpoints(accelerator, tmp_path, caplog):
     for step, run in ((1, "run-a"), (2, "run-a"), (3, "run-a"), (4, "run-b")):
         save(accelerator, tmp_path, step, run_id=run)
-    (checkpoint_root(tmp_path) / "step_00000003" / MODEL_FILE).write_bytes(b"broken")
+    (checkpoint_root(tmp_path) / "step_00000003" / CHECKPOINT_MODEL_FILE).write_bytes(b"broken")
     with caplog.at_level(logging.WARNING, logger="cadel"):
         assert latest_valid(tmp_path, "run-a").name == "step_00000002"
     warnings = [r.getMessage() for r in caplog.records]
@@ -210,14 +213,14 @@ def test_check_signature_names_the_first_difference_and_ignores_keys_the_checkpo
     check_signature(path, {"backbone": "b", "image_size": 32})          # image_size absent from this checkpoint
     with pytest.raises(CheckpointError, match="made with backbone=b but this run has backbone=resnet50"):
         check_signature(path, {"backbone": "resnet50"})
-    meta = json.loads((path / META).read_text())
+    meta = json.loads((path / CHECKPOINT_META).read_text())
     meta["class_counts"] = [5, 3, 2]
-    (path / META).write_text(json.dumps(meta))
+    (path / CHECKPOINT_META).write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="class_counts=3 classes, 10 images but this run has "
                                               "class_counts=2 classes, 9 images"):
         check_signature(path, {"class_counts": [6, 3]})
     meta.update(class_names=["a", "b", "c"], exit_stages=[2, 3])
-    (path / META).write_text(json.dumps(meta))
+    (path / CHECKPOINT_META).write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match=r"class_names=3 classes but this run has class_names=2 classes;"):
         check_signature(path, {"class_names": ["a", "b"]})
     with pytest.raises(CheckpointError, match=r"exit_stages=\[2, 3\] but this run has exit_stages=\[3\];"):
@@ -251,7 +254,7 @@ def test_an_optimizer_file_that_would_run_code_is_refused_without_running_it(acc
     global MARKER
     path = save(accelerator, tmp_path, 1)
     MARKER = str(tmp_path / "code_ran")
-    torch.save({"state": {}, "param_groups": [], "payload": _RunsCode()}, path / OPTIMIZER_FILE)
+    torch.save({"state": {}, "param_groups": [], "payload": _RunsCode()}, path / CHECKPOINT_OPTIMIZER_FILE)
     model, optimizer = tiny(0)
     with pytest.raises(CheckpointError, match=r"not a plain optimizer state dict \(UnpicklingError\); it was refused"):
         load_checkpoint(path, accelerator, model, optimizer, TrainState())
@@ -293,9 +296,9 @@ def test_a_checkpoint_that_does_not_record_its_process_count_counts_as_one_proce
     torch.manual_seed(3)
     path = save(accelerator, tmp_path, 1)
     expected = torch.rand(1).item()
-    meta = json.loads((path / META).read_text())
+    meta = json.loads((path / CHECKPOINT_META).read_text())
     del meta["num_processes"]
-    (path / META).write_text(json.dumps(meta))
+    (path / CHECKPOINT_META).write_text(json.dumps(meta))
     model, optimizer = tiny(0)
     torch.manual_seed(99)
     load_checkpoint(path, accelerator, model, optimizer, TrainState())

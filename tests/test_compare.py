@@ -205,3 +205,20 @@ def test_the_grid_reports_progress_reads_finished_runs_back_and_writes_its_outpu
                                    f"seeds [0, 1]; best epoch")
     assert markdown(saved["aggregate"], saved["paired_vs_baseline"]["All"]) in (out / "table.md").read_text()
     assert (out / "compare.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_quick_is_two_epochs_at_if_10_over_any_default_each_flag_once(tmp_path, monkeypatch, capsys):
+    seen = []
+
+    def fake_train(run_dir, recipe, seed, base, extra, log, launcher, rerun_stage2):
+        seen.append((run_dir, base))
+        return {"recipe": recipe, "seed": seed, "stage1_s": 1.0, "stage2_s": 1.0,
+                "rows": run_rows(recipe, stage2_result(strong=None))}
+
+    monkeypatch.setattr(cli, "train", fake_train)
+    for defaults in ({}, {"epochs": 30, "imb_factor": 100.0}):  # benchmarks/lt_compare.py's defaults
+        assert cli.main(["--quick", "--recipes", "ce"], out_root=str(tmp_path), **defaults) == 0
+    base = ["--config", "fashion_mnist_lt", "--epochs", "2", "--imb_factor", "10", "--n_max", "60", "--val_per_class",
+            "10", "--backbone", "test_resnet", "--batch_size", "16", "--eval_batch_size", "100"]
+    assert seen == [(tmp_path / "fashion_mnist_lt_if10_e2_quick" / "ce" / "seed0", base)] * 2
+    assert "fashion_mnist_lt, IF 10, 2 epochs, seeds [0]" in capsys.readouterr().out

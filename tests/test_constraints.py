@@ -2,7 +2,7 @@
 pulls in, each pin satisfies setup.cfg's range, and the installer uses it."""
 import configparser
 import os
-import re
+import subprocess
 import sys
 
 import pytest
@@ -50,9 +50,30 @@ def test_constraints_match_this_environment_for_every_installed_dependency():
     assert {n: v for n, v in installed.items() if pinned[n] != v} == {}
 
 
-def test_the_installer_uses_the_constraints_for_every_pip_install():
-    script = (REPO / ".ci" / "install.sh").read_text()
-    assert "CONSTRAINTS=${CONSTRAINTS-constraints.txt}" in script
-    installs = [line for line in script.splitlines() if re.search(r"\$PIP\b", line) and not line.startswith("PIP=")]
-    pip = next(line for line in script.splitlines() if line.startswith("PIP="))
-    assert "-c $CONSTRAINTS" in pip and len(installs) == 2
+def run_installer(tmp_path, constraints, *args) -> list:
+    """Run .ci/install.sh with a stand-in interpreter in a folder with a space in its name; the argument lists of
+    its pip calls, as the interpreter received them. apt-get and sudo stand-ins fail, so the machine is never
+    changed even where the Fashion-MNIST files are missing."""
+    bin_dir, log = tmp_path / "stand ins", tmp_path / "calls.txt"
+    bin_dir.mkdir(exist_ok=True)
+    log.unlink(missing_ok=True)
+    for name, body in (("python 3", f'for a in "$@"; do printf "%s\\0" "$a"; done >> "{log}"; echo >> "{log}"'),
+                       ("apt-get", "exit 1"), ("sudo", "exit 1")):
+        (bin_dir / name).write_text("#!/bin/sh\n" + body + "\n")
+        (bin_dir / name).chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k != "CONSTRAINTS"}
+    env.update(PYTHON=str(bin_dir / "python 3"), PATH=f"{bin_dir}{os.pathsep}{env['PATH']}",
+               **({} if constraints is None else {"CONSTRAINTS": constraints}))
+    subprocess.run(["bash", str(REPO / ".ci" / "install.sh"), *args], env=env, check=True, capture_output=True)
+    calls = [line.split("\0")[:-1] for line in log.read_text().splitlines()]
+    return [call[2:] for call in calls if call[:2] == ["-m", "pip"]]
+
+
+def test_the_installer_gives_every_pip_install_the_constraints_each_path_one_word(tmp_path):
+    pip = ["install", "-q", "--disable-pip-version-check"]
+    pins = str(tmp_path / "my pins" / "constraints.txt")  # a space in the path: still one argument
+    assert run_installer(tmp_path, pins, "dev") == [pip + ["-c", pins, "torch", "torchvision"],
+                                                    pip + ["-c", pins, "-e", ".[dev]"]]
+    assert run_installer(tmp_path, None) == [pip + ["-c", "constraints.txt", "torch", "torchvision"],
+                                             pip + ["-c", "constraints.txt", "-e", "."]]
+    assert run_installer(tmp_path, "", "dev") == [pip + ["torch", "torchvision"], pip + ["-e", ".[dev]"]]  # latest

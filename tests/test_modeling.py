@@ -20,7 +20,12 @@ from cadel_modeling.modeling import CadelConfig, CadelForImageClassification
 from cadel_modeling.modeling.costs import exit_costs, model_summary
 from cadel_modeling.modeling.factory import build_model, save_model
 from cadel_modeling.modeling.heads import ConvAuxHead
-from cadel_modeling.modeling.pretrained import LoadReport, load_pretrained_checkpoint, resize_pos_embed
+from cadel_modeling.modeling.pretrained import (
+    LoadReport,
+    load_pretrained_checkpoint,
+    load_state_dict_into,
+    resize_pos_embed,
+)
 from cadel_modeling.training.losses import CascadeLoss, mixup_batch
 from cadel_modeling.training.optim import OptimizerSpec, build_optimizer, set_learning_rate
 
@@ -253,10 +258,24 @@ def test_plain_safetensors_backbone_and_cadel_checkpoint(tmp_path):
     other = build_model(RunConfig(backbone="test_resnet", image_size=32, aux_head="light"), fake_data(3))
     report = load_pretrained_checkpoint(other, tmp_path / "run4")
     assert report.target == "model" and not report.unexpected
-    assert sorted(s.split(":")[0] for s in report.shape_mismatch) == \
+    assert sorted(m.name for m in report.shape_mismatch) == \
         ["aux_exits.0.classifier.weight", "aux_exits.1.classifier.weight", "classifier.weight"]
     assert report.missing == []  # the mismatched tensors are listed once, as mismatched
     assert torch.equal(other.aux_exits[1].body[1][0].weight, model.aux_exits[1].body[1][0].weight)
+
+
+def test_a_shape_mismatch_keeps_its_tensor_name_as_data_and_is_listed_once():
+    # nn.ModuleDict takes any key without a dot: a colon in a name must not cut it short (the name is not parsed
+    # back out of the report's text), or the tensor would also be listed as missing
+    def net(classes):
+        return torch.nn.ModuleDict({"head:v2": torch.nn.Linear(4, classes), "body": torch.nn.Linear(4, 4)})
+
+    report = load_state_dict_into(net(5), net(3).state_dict(), LoadReport("run3", "model"))
+    assert [(m.name, m.checkpoint, m.model) for m in report.shape_mismatch] == [
+        ("head:v2.weight", (3, 4), (5, 4)), ("head:v2.bias", (3,), (5,))]
+    assert report.missing == [] and report.loaded == ["body.bias", "body.weight"]
+    assert str(report).splitlines()[1] == ("  shape mismatch, not loaded (2): head:v2.weight: checkpoint [3, 4] vs "
+                                           "model [5, 4], head:v2.bias: checkpoint [3] vs model [5]")
 
 
 def test_loading_errors_say_what_is_wrong(tmp_path):

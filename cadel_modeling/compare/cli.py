@@ -32,11 +32,12 @@ from typing import List, Optional
 from ..config import ConfigError, parse_config
 from ..utils.io import write_json
 from .recipes import BASELINE, DEFAULT_RECIPES, RECIPES
-from .runs import RUN_RECORD, Launcher, RunFailed, check_record, stage1_command, train
+from .runs import Launcher, RunFailed, check_record, reads_back, stage1_command, train
 from .tables import aggregate, markdown, paired, plot
 
-QUICK = ["--epochs", "2", "--imb_factor", "10", "--n_max", "60", "--val_per_class", "10", "--backbone", "test_resnet",
-         "--batch_size", "16", "--eval_batch_size", "100"]
+# --quick's tiny data and model; its 2 epochs at IF 10 are set on args, so the flags, folder and report agree
+QUICK = ["--n_max", "60", "--val_per_class", "10", "--backbone", "test_resnet", "--batch_size", "16",
+         "--eval_batch_size", "100"]
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
@@ -75,13 +76,12 @@ def main(argv: Optional[List[str]] = None, prog: str = "cadel-compare", out_root
     parser = build_parser(prog)
     parser.set_defaults(**defaults)
     args = parser.parse_args(argv)
-    if args.quick:
+    if args.quick:  # over any default (benchmarks/lt_compare.py's 30 epochs at IF 100)
         args.epochs, args.imb_factor = 2, 10.0
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
-    base = ["--config", args.config] + (QUICK if args.quick else
-                                        (["--epochs", str(args.epochs)] if args.epochs is not None else [])
-                                        + (["--imb_factor", f"{args.imb_factor:g}"] if args.imb_factor is not None
-                                           else []))
+    base = ["--config", args.config] + (["--epochs", str(args.epochs)] if args.epochs is not None else []) \
+        + (["--imb_factor", f"{args.imb_factor:g}"] if args.imb_factor is not None else []) \
+        + (QUICK if args.quick else [])
     tag = Path(args.config).stem + (f"_if{args.imb_factor:g}" if args.imb_factor is not None else "") + \
         (f"_e{args.epochs}" if args.epochs is not None else "") + ("_quick" if args.quick else "")
     out = Path(args.out or Path(out_root) / tag)
@@ -106,12 +106,12 @@ def main(argv: Optional[List[str]] = None, prog: str = "cadel-compare", out_root
           + f", {cfg.backbone}, {cfg.epochs} epochs, mixup alpha {cfg.mixup_alpha:g}", flush=True)
     runs, started = [], time.time()
     for k, (seed, recipe) in enumerate(grid, 1):
-        read_back = not args.rerun_stage2 and (out / recipe / f"seed{seed}" / RUN_RECORD).is_file()
+        run_dir = out / recipe / f"seed{seed}"
+        read_back = reads_back(run_dir, args.rerun_stage2)
         if not read_back:
             print(f"[{k}/{len(grid)}] {recipe} seed {seed}: training, log in {out / 'log.txt'}", flush=True)
         try:
-            run = train(out / recipe / f"seed{seed}", recipe, seed, base, extra, out / "log.txt", launcher,
-                        args.rerun_stage2)
+            run = train(run_dir, recipe, seed, base, extra, out / "log.txt", launcher, args.rerun_stage2)
         except RunFailed as exc:
             print(f"error: {exc}. Finished runs are kept: the same command continues the grid", file=sys.stderr)
             return exc.exit_code

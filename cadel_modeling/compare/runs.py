@@ -69,6 +69,12 @@ def check_record(run_dir: Path, cmd: Sequence[str]) -> None:
                               f"this comparison its own --out (or delete that folder to retrain it)")
 
 
+def reads_back(run_dir: Path, rerun_stage2: bool) -> bool:
+    """Whether the run in ``run_dir`` is read back as it is: its record is written (both stages done) and stage 2
+    is not to run again."""
+    return not rerun_stage2 and (run_dir / RUN_RECORD).is_file()
+
+
 def run_logged(cmd: Sequence[str], log: Path, what: str) -> float:
     t0 = time.time()
     with open(log, "a") as fh:
@@ -92,7 +98,7 @@ def train(run_dir: Path, recipe: str, seed: int, base: Sequence[str], extra: Seq
     finished stage 1, e.g. for what a newer stage 2 records); returns the run's record."""
     record = run_dir / RUN_RECORD
     before = json.loads(record.read_text()) if record.is_file() else {}
-    if before and not rerun_stage2:
+    if reads_back(run_dir, rerun_stage2):
         return before
     stage1 = stage1_command(launcher, run_dir, recipe, seed, base, extra)
     resume = ["--resume_from_checkpoint", "latest"] if (run_dir / CHECKPOINTS).is_dir() else \

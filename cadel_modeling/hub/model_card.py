@@ -15,14 +15,18 @@ from ..run_layout import (
     CARD_FILE,
     CONFIG_FILE,
     ENSEMBLE_FILE,
+    MODEL_CONFIG_FILE,
     PER_CLASS_CSV,
     PER_CLASS_PLOT,
+    PROCESSOR_FILE,
     RESULTS_FILE,
     RUN_CONFIG_NAME,
     RUN_INFO_FILE,
     STAGE1_SUMMARY_FILE,
     STAGE2_RESULTS_FILE,
     TRAIN_LOG_FILE,
+    WEIGHTS_FILE,
+    WEIGHTS_INDEX_FILE,
     eval_name,
 )
 from ..utils.io import read_json
@@ -44,12 +48,12 @@ WEIGHT_MODES = {
                            "into one batch-level scalar (the paper's CNN numbers were made this way)",
 }
 FILE_NOTES = {
-    "config.json": "model config: backbone, exits, inference rule, tau, class counts, labels, auto_map",
+    MODEL_CONFIG_FILE: "model config: backbone, exits, inference rule, tau, class counts, labels, auto_map",
     "modeling_cadel.py": "remote code: the model (loads with trust_remote_code=True where cadel is not installed)",
     "heads.py": "remote code: the exits' heads and the rules that combine them",
     "backbones.py": "remote code: which timm backbones are ViTs",
-    "model.safetensors": "weights", "model.safetensors.index.json": "index of the sharded weights",
-    "preprocessor_config.json": "the evaluation transform, for `pipeline()` and `AutoImageProcessor`",
+    WEIGHTS_FILE: "weights", WEIGHTS_INDEX_FILE: "index of the sharded weights",
+    PROCESSOR_FILE: "the evaluation transform, for `pipeline()` and `AutoImageProcessor`",
     RUN_CONFIG_NAME: "the full run config saved with these weights (local paths removed)",
     ENSEMBLE_FILE: "exit weights and tau learned on the validation split (stage 2)",
     CONFIG_FILE: "the resolved stage-1 config", RUN_INFO_FILE: "command, process count, versions, classes",
@@ -100,7 +104,7 @@ def build_model_card(path, repo_id: Optional[str] = None, eval_dirs: Sequence = 
     from huggingface_hub import ModelCard, ModelCardData
 
     folders = RunFolders.locate(path)
-    model_cfg = read_json(folders.model_dir / "config.json")
+    model_cfg = read_json(folders.model_dir / MODEL_CONFIG_FILE)
     run_cfg = load_file(folders.find(RUN_CONFIG_NAME) or folders.find(CONFIG_FILE))
     eval_folders = folders.evaluations(eval_dirs)
     evaluations = {split: read_json(folder / RESULTS_FILE) for split, folder in eval_folders.items()}

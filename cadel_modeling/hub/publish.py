@@ -17,7 +17,16 @@ from typing import Dict, Optional, Sequence
 
 import yaml
 
-from ..run_layout import CARD_FILE, ENSEMBLE_FILE, PUBLISHED_RUN_FILES, RESULT_FILES, RUN_CONFIG_NAME, eval_name
+from ..run_layout import (
+    CARD_FILE,
+    ENSEMBLE_FILE,
+    MODEL_CONFIG_FILE,
+    PROCESSOR_FILE,
+    PUBLISHED_RUN_FILES,
+    RESULT_FILES,
+    RUN_CONFIG_NAME,
+    eval_name,
+)
 from ..utils.errors import ConfigError, MissingInputError
 from ..utils.secrets import redact, without_secrets
 from .model_card import build_model_card
@@ -25,8 +34,8 @@ from .run_folders import RunFolders
 
 logger = logging.getLogger("cadel")
 
-MODEL_FILES = ("config.json", "preprocessor_config.json", RUN_CONFIG_NAME, ENSEMBLE_FILE, "modeling_cadel.py",
-               "heads.py", "backbones.py")
+MODEL_FILES = (MODEL_CONFIG_FILE, PROCESSOR_FILE, RUN_CONFIG_NAME, ENSEMBLE_FILE, "modeling_cadel.py", "heads.py",
+               "backbones.py")
 TEXT_SUFFIXES = (".json", ".jsonl", ".yaml", ".md", ".csv")
 PATH_KEYS = ("output_dir", "data_dir", "image_root", "pretrained_checkpoint", "init_from", "stage1_dir", "eval_model",
              "tracking_dir", "export_dataset", "hub_dataset_id")

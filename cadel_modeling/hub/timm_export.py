@@ -12,7 +12,15 @@ from pathlib import Path
 import timm
 import torch
 
-from ..run_layout import BEST_MODEL, CHECKPOINTS, CONFIG_FILE, RUN_CONFIG_NAME, RUN_INFO_FILE
+from ..run_layout import (
+    BEST_MODEL,
+    CHECKPOINTS,
+    CONFIG_FILE,
+    MODEL_CONFIG_FILE,
+    PROCESSOR_FILE,
+    RUN_CONFIG_NAME,
+    RUN_INFO_FILE,
+)
 from ..utils.errors import ModelError, OutputDirError
 
 SOURCE_KEYS = ("tag", "license", "origin_url", "paper_ids", "paper_name", "notes")
@@ -63,19 +71,19 @@ def export_timm_backbone(model_ref: str, out_dir, overwrite: bool = False) -> Pa
     out.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
         save_for_hf(plain.eval(), str(out), model_args=args, safe_serialization=True, data_config=data_config)
-    config = json.loads((out / "config.json").read_text())
+    config = json.loads((out / MODEL_CONFIG_FILE).read_text())  # timm's Hub folder: the same name
     for key in SOURCE_KEYS:  # the timm architecture's own weights (tag, licence) are not these weights
         config["pretrained_cfg"].pop(key, None)
-    (out / "config.json").write_text(json.dumps(config, indent=2))
+    (out / MODEL_CONFIG_FILE).write_text(json.dumps(config, indent=2))
     return out
 
 
 def eval_data_config(model_dir: Path, image_size: int) -> dict:
     """timm's ``pretrained_cfg`` data fields that rebuild the model's own evaluation transform (its saved image
     processor): resize the shortest edge then center-crop ('imagenet'), or resize to the square ('small', 'none')."""
-    path = Path(model_dir) / "preprocessor_config.json"
+    path = Path(model_dir) / PROCESSOR_FILE
     if not path.is_file():
-        raise ModelError(f"{model_dir} has no preprocessor_config.json (cadel saves one with every model), so "
+        raise ModelError(f"{model_dir} has no {PROCESSOR_FILE} (cadel saves one with every model), so "
                                 f"its evaluation transform is unknown; export a model folder written by cadel")
     processor = json.loads(path.read_text())
     config = {"input_size": (3, image_size, image_size), "mean": tuple(processor["image_mean"]),

@@ -5,7 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from ..run_layout import BEST_MODEL, ENSEMBLE_FILE, RUN_CONFIG_NAME, STAGE2_MODEL, STAGE2_PREFIX
+from ..run_layout import (
+    BEST_MODEL,
+    ENSEMBLE_FILE,
+    MODEL_CONFIG_FILE,
+    RUN_CONFIG_NAME,
+    STAGE2_MODEL,
+    STAGE2_PREFIX,
+    holds_model,
+)
 from ..utils.errors import MissingInputError
 
 
@@ -14,19 +22,21 @@ def is_hub_id(ref: str) -> bool:
 
 
 def find_model_dir(ref: str) -> Path:
-    """A folder holding ``config.json`` + weights for ``ref``; a clear error when there is none."""
+    """A model folder (``config.json`` + weights) for ``ref``; a clear error when there is none."""
     path = Path(ref)
     if path.is_dir():
-        if (path / "config.json").exists():
+        if holds_model(path):
             return path
-        stage2 = sorted(path.glob(f"{STAGE2_PREFIX}*/{STAGE2_MODEL}/config.json"), key=lambda p: p.stat().st_mtime)
+        stage2 = sorted(path.glob(f"{STAGE2_PREFIX}*/{STAGE2_MODEL}/{MODEL_CONFIG_FILE}"),
+                        key=lambda p: p.stat().st_mtime)
         if stage2:
             return stage2[-1].parent
-        if (path / BEST_MODEL / "config.json").exists():
+        if holds_model(path / BEST_MODEL):
             return path / BEST_MODEL
-        raise MissingInputError(f"{path} holds no model (config.json) nor a run with best_model/ or stage2_*/model/")
+        raise MissingInputError(f"{path} holds no model ({MODEL_CONFIG_FILE}) nor a run with {BEST_MODEL}/ or "
+                                f"{STAGE2_PREFIX}*/{STAGE2_MODEL}/")
     if not is_hub_id(ref):
-        raise MissingInputError(f"no model folder at {ref}: pass a folder with config.json, a run folder, "
+        raise MissingInputError(f"no model folder at {ref}: pass a folder with {MODEL_CONFIG_FILE}, a run folder, "
                                 f"or a Hub model id such as user/cadel-resnet50-imagenet-lt")
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..run_layout import TORCH_WEIGHTS_FILE, WEIGHTS_FILE
 from ..utils.errors import MissingInputError, ModelError
 
 logger = logging.getLogger("cadel")
@@ -36,6 +37,18 @@ logger = logging.getLogger("cadel")
 DROPPED_PREFIXES = ("head.", "fc.", "decoder", "mask_token")
 # Containers that training scripts wrap state dicts in (MAE/LiVT "model", the original CADEL "state_dict_best").
 CONTAINER_KEYS = ("model", "state_dict", "model_state_dict", "state_dict_best", "feat_model")
+
+
+@dataclass(frozen=True)
+class ShapeMismatch:
+    """A checkpoint tensor whose shape differs from the model's (not loaded): its name kept as data."""
+
+    name: str
+    checkpoint: Tuple[int, ...]
+    model: Tuple[int, ...]
+
+    def __str__(self) -> str:
+        return f"{self.name}: checkpoint {list(self.checkpoint)} vs model {list(self.model)}"
 
 
 @dataclass
@@ -47,13 +60,13 @@ class LoadReport:
     loaded: List[str] = field(default_factory=list)
     resized: List[str] = field(default_factory=list)      # "pos_embed: 14x14 -> 24x24"
     dropped: List[str] = field(default_factory=list)      # heads / decoder, removed on purpose
-    shape_mismatch: List[str] = field(default_factory=list)  # "name: checkpoint [..] vs model [..]", not loaded
+    shape_mismatch: List[ShapeMismatch] = field(default_factory=list)  # not loaded
     missing: List[str] = field(default_factory=list)      # model tensors the checkpoint did not provide
     unexpected: List[str] = field(default_factory=list)   # checkpoint tensors the model has no place for
 
     def __str__(self) -> str:
-        def names(items: Sequence[str], limit: int = 8) -> str:
-            shown = ", ".join(items[:limit])
+        def names(items: Sequence, limit: int = 8) -> str:
+            shown = ", ".join(str(item) for item in items[:limit])
             return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
 
         lines = [f"loaded {len(self.loaded)} tensors from {self.source} into the {self.target}"]
@@ -70,10 +83,10 @@ def read_state_dict(path) -> Dict[str, torch.Tensor]:
     """The flat ``name -> tensor`` dict held by a checkpoint file or a saved model folder."""
     path = Path(path)
     if path.is_dir():
-        candidates = [path / n for n in ("model.safetensors", "pytorch_model.bin")]
+        candidates = [path / n for n in (WEIGHTS_FILE, TORCH_WEIGHTS_FILE)]
         found = [p for p in candidates if p.exists()]
         if not found:
-            raise MissingInputError(f"{path} is a folder without model.safetensors or pytorch_model.bin; "
+            raise MissingInputError(f"{path} is a folder without {WEIGHTS_FILE} or {TORCH_WEIGHTS_FILE}; "
                                     f"point --pretrained_checkpoint at a checkpoint file or a saved model folder")
         path = found[0]
     if not path.exists():
@@ -144,12 +157,12 @@ def load_state_dict_into(module: nn.Module, state: Dict[str, torch.Tensor], repo
             tensor = resize_pos_embed(tensor, grid, prefix)
             report.resized.append(f"{name}: {old_side}x{old_side} -> {grid[0]}x{grid[1]}")
         if tensor.shape != own[name].shape:
-            report.shape_mismatch.append(f"{name}: checkpoint {list(tensor.shape)} vs model {list(own[name].shape)}")
+            report.shape_mismatch.append(ShapeMismatch(name, tuple(tensor.shape), tuple(own[name].shape)))
             continue
         accepted[name] = tensor
     module.load_state_dict(accepted, strict=False)
     report.loaded = sorted(accepted)
-    mismatched = {entry.split(":")[0] for entry in report.shape_mismatch}  # listed once, as mismatched
+    mismatched = {entry.name for entry in report.shape_mismatch}  # listed once, as mismatched
     report.missing = [k for k in own if k not in accepted and k not in mismatched and
                       not k.endswith("num_batches_tracked")]
     return report

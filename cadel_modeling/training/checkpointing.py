@@ -27,16 +27,22 @@ from typing import List, Optional
 import numpy as np
 import torch
 
-from ..run_layout import CHECKPOINTS
+from ..run_layout import (
+    CHECKPOINT_FILES,
+    CHECKPOINT_META,
+    CHECKPOINT_MODEL_FILE,
+    CHECKPOINT_OPTIMIZER_FILE,
+    CHECKPOINT_PREFIX,
+    CHECKPOINT_RNG_PATTERN,
+    CHECKPOINT_STATE_FILE,
+    CHECKPOINTS,
+    checkpoint_name,
+)
 from ..utils.errors import UserError
 from ..utils.finite import require_finite
 from ..utils.io import disk_space_guard, read_json, write_json
 
 logger = logging.getLogger("cadel")
-
-META = "cadel_checkpoint.json"
-MODEL_FILE, OPTIMIZER_FILE, STATE_FILE = "model.safetensors", "optimizer.pt", "training_state.json"
-RNG_PATTERN = "rng_state_{}.json"
 
 
 class CheckpointError(UserError, ValueError):
@@ -100,15 +106,15 @@ def check_signature(path: Path, expected: dict) -> None:
 
 def read_meta(path: Path) -> dict:
     try:
-        return read_json(Path(path) / META)
+        return read_json(Path(path) / CHECKPOINT_META)
     except FileNotFoundError as exc:
-        raise CheckpointError(f"{path} is not a complete cadel checkpoint ({META} missing)") from exc
+        raise CheckpointError(f"{path} is not a complete cadel checkpoint ({CHECKPOINT_META} missing)") from exc
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"checkpoint {path} is corrupt ({META} is not valid JSON)") from exc
+        raise CheckpointError(f"checkpoint {path} is corrupt ({CHECKPOINT_META} is not valid JSON)") from exc
 
 
 def expected_files(num_processes: int) -> set:
-    return {META, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE} | {RNG_PATTERN.format(i) for i in range(num_processes)}
+    return set(CHECKPOINT_FILES) | {CHECKPOINT_RNG_PATTERN.format(i) for i in range(num_processes)}
 
 
 def verify(path: Path) -> dict:
@@ -129,16 +135,16 @@ def verify(path: Path) -> dict:
         raise CheckpointError(f"checkpoint {path} is incomplete: {missing} missing")
     try:
         from safetensors import safe_open
-        with safe_open(str(path / MODEL_FILE), framework="pt") as fh:
+        with safe_open(str(path / CHECKPOINT_MODEL_FILE), framework="pt") as fh:
             fh.keys()
-        read_json(path / STATE_FILE)
+        read_json(path / CHECKPOINT_STATE_FILE)
     except Exception as exc:  # noqa: BLE001 - any unreadable file makes the checkpoint unusable
         raise CheckpointError(f"checkpoint {path} is corrupt ({type(exc).__name__}: {exc})") from exc
     return meta
 
 
 def list_checkpoints(output_dir) -> List[Path]:
-    return sorted(p for p in checkpoint_root(output_dir).glob("step_*") if p.is_dir())
+    return sorted(p for p in checkpoint_root(output_dir).glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir())
 
 
 def latest_valid(output_dir, run_id: Optional[str]) -> Optional[Path]:
@@ -190,7 +196,7 @@ def save_checkpoint(accelerator, model, optimizer, state: TrainState, output_dir
     writes nothing) when any weight, buffer or optimizer tensor is not finite."""
     from safetensors.torch import save_file
     root = checkpoint_root(output_dir)
-    name = f"step_{state.global_step:08d}"
+    name = checkpoint_name(state.global_step)
     final, tmp = root / name, root / f".tmp_{name}"
     net = accelerator.unwrap_model(model)
     weights = {k: v.detach().contiguous() for k, v in net.state_dict().items()}
@@ -206,13 +212,13 @@ def save_checkpoint(accelerator, model, optimizer, state: TrainState, output_dir
         v.nelement() * v.element_size() for s in optimizer_state["state"].values() for v in s.values()
         if torch.is_tensor(v))
     with disk_space_guard(root, needed, cleanup=lambda: shutil.rmtree(tmp, ignore_errors=True)):
-        write_json(tmp / RNG_PATTERN.format(accelerator.process_index), _rng_state())
+        write_json(tmp / CHECKPOINT_RNG_PATTERN.format(accelerator.process_index), _rng_state())
         if accelerator.is_main_process:
-            save_file({k: v.cpu() for k, v in weights.items()}, str(tmp / MODEL_FILE))
-            torch.save(optimizer_state, tmp / OPTIMIZER_FILE)
+            save_file({k: v.cpu() for k, v in weights.items()}, str(tmp / CHECKPOINT_MODEL_FILE))
+            torch.save(optimizer_state, tmp / CHECKPOINT_OPTIMIZER_FILE)
             training = {"state": state.state_dict(), "scaler": scaler.state_dict() if scaler is not None else None}
-            write_json(tmp / STATE_FILE, training)
-            write_json(tmp / META, {**meta, "epoch": state.epoch, "step_in_epoch": state.step_in_epoch,
+            write_json(tmp / CHECKPOINT_STATE_FILE, training)
+            write_json(tmp / CHECKPOINT_META, {**meta, "epoch": state.epoch, "step_in_epoch": state.step_in_epoch,
                                     "global_step": state.global_step, "num_processes": accelerator.num_processes})
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -230,18 +236,18 @@ def load_checkpoint(path: Path, accelerator, model, optimizer, state: TrainState
     from safetensors.torch import load_file
     meta = verify(path)
     net = accelerator.unwrap_model(model)
-    weights = load_file(str(path / MODEL_FILE), device="cpu")
+    weights = load_file(str(path / CHECKPOINT_MODEL_FILE), device="cpu")
     net.load_state_dict(weights, strict=True)
     try:
-        optimizer_state = torch.load(path / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
+        optimizer_state = torch.load(path / CHECKPOINT_OPTIMIZER_FILE, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - weights_only refuses anything but data: say so
-        raise CheckpointError(f"checkpoint {path}: {OPTIMIZER_FILE} is not a plain optimizer state dict "
+        raise CheckpointError(f"checkpoint {path}: {CHECKPOINT_OPTIMIZER_FILE} is not a plain optimizer state dict "
                               f"({type(exc).__name__}); it was refused without running it") from exc
     optimizer.load_state_dict(optimizer_state)
-    training = read_json(path / STATE_FILE)
+    training = read_json(path / CHECKPOINT_STATE_FILE)
     state.load_state_dict(training["state"])
     if scaler is not None and training.get("scaler"):
         scaler.load_state_dict(training["scaler"])
-    rng = path / RNG_PATTERN.format(accelerator.process_index)
+    rng = path / CHECKPOINT_RNG_PATTERN.format(accelerator.process_index)
     if meta.get("num_processes", 1) == accelerator.num_processes and rng.exists():
         _set_rng_state(read_json(rng))
