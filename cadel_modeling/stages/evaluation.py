@@ -6,7 +6,6 @@ The network runs once over the split; every variant is computed from the gathere
 """
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Dict
 
@@ -20,8 +19,6 @@ from ..results import write_report
 from ..run_layout import CARD_FILE, PER_CLASS_CSV, PER_CLASS_PLOT, RESULTS_FILE, TRACKING, eval_dir, eval_name
 from ..utils.io import command_line
 from .frame import StageFrame
-
-logger = logging.getLogger("cadel")
 
 
 def run(cfg: RunConfig, model_dir: Path) -> Dict[str, dict]:

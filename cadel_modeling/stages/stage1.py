@@ -117,7 +117,7 @@ def run(cfg: RunConfig) -> dict:
     resume = resume_target(cfg)
     check_output_dir(cfg, resume)
     changes = []
-    if resume is not None:  # the changes of earlier resumes of this run (none for another run's checkpoint), then now
+    if resume is not None:  # the run's changes at earlier resumes (not those of another run's folder), then this one's
         earlier = [] if resume.foreign else resume.run_info.get("config_changes", [])
         changes = earlier + check_resume_settings(cfg, resume.meta)
     set_seed(cfg.seed)
