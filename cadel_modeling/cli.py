@@ -18,7 +18,7 @@ import tempfile
 import traceback
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Tuple
 
 from .config import ConfigError, RunConfig, load_run_config, parse_config, print_preset_listing
 from .config.schema import STAGE1, STAGE2
@@ -31,12 +31,13 @@ from .utils.secrets import redact
 EXIT_ERROR = 1
 
 
-def resolve_config(command: str, argv: Sequence[str], description: str) -> RunConfig:
-    """Stage 1: defaults < --config < flags. Stage 2 and evaluation start from the run config saved with the model
-    they read (the settings that trained it), which the flags may override."""
+def resolve_config(command: str, argv: Sequence[str], description: str) -> Tuple[RunConfig, Optional[Path]]:
+    """The config and the model folder the command reads, located once here (None for stage 1; for a Hub model id,
+    downloaded into the cache). Stage 1: defaults < --config < flags. Stage 2 and evaluation start from the run
+    config saved with the model they read (the settings that trained it), which the flags may override."""
     first = parse_config(argv, command, description)
     if command == STAGE1:
-        return first
+        return first, None
     from .modeling.locate import find_model_dir, is_hub_id, run_config_path
     if command == STAGE2:
         if not first.stage1_dir:
@@ -49,10 +50,11 @@ def resolve_config(command: str, argv: Sequence[str], description: str) -> RunCo
     else:
         if not first.eval_model:
             raise ConfigError("--eval_model is required: a run folder, a model folder or a Hub model id")
-        base = load_run_config(run_config_path(find_model_dir(first.eval_model)))
+        model_dir = find_model_dir(first.eval_model)
+        base = load_run_config(run_config_path(model_dir))
         if is_hub_id(first.eval_model):  # results of a downloaded model go to a local folder, not the Hub cache
             base["output_dir"] = str(Path("runs") / first.eval_model.replace("/", "__"))
-    return parse_config(argv, command, description, base=base)
+    return parse_config(argv, command, description, base=base), model_dir
 
 
 def _record_traceback(exc: BaseException) -> Path:
@@ -78,17 +80,15 @@ def message(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
-def run_folder(command: str, cfg: RunConfig) -> Path:
+def run_folder(command: str, cfg: RunConfig, model_dir: Optional[Path]) -> Path:
     """The folder a command writes into, whose lock it holds: the stage-1 run folder for stage 1 and stage 2 (its
-    ``stage2_*`` lives there); for evaluation the run folder of a local model, or output_dir for a Hub model."""
+    ``stage2_*`` lives there); for evaluation the run folder of a local model ``model_dir``, or output_dir for a Hub
+    model."""
     if command == STAGE1:
         return Path(cfg.output_dir)
     if command == STAGE2:
         return Path(cfg.stage1_dir)
-    if not Path(cfg.eval_model).is_dir():
-        return Path(cfg.output_dir)
-    from .modeling.locate import find_model_dir
-    return run_dir_of(find_model_dir(cfg.eval_model))
+    return run_dir_of(model_dir) if Path(cfg.eval_model).is_dir() else Path(cfg.output_dir)
 
 
 def _unclaim(lock: RunLock) -> None:
@@ -101,8 +101,9 @@ def _unclaim(lock: RunLock) -> None:
 
 
 def run_command(command: str, description: str, argv: Optional[Sequence[str]],
-                stage_run: Callable[[RunConfig], object]) -> int:
-    """Run ``stage_run`` (the command's stage) on the config the flags resolve to; returns the exit code."""
+                stage_run: Callable[..., object]) -> int:
+    """Run ``stage_run`` (the command's stage) on the config the flags resolve to, and on the model folder it reads
+    (stage 2, evaluation); returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--list_presets" in argv:
         print_preset_listing()
@@ -113,12 +114,12 @@ def run_command(command: str, description: str, argv: Optional[Sequence[str]],
         die_with_parent()
     lock = None
     try:
-        cfg = resolve_config(command, argv, description)
+        cfg, model_dir = resolve_config(command, argv, description)
         if os.environ.get("RANK", "0") == "0":  # one lock per run, held by the main process
-            lock = RunLock(run_folder(command, cfg), what=f"cadel {command}")
+            lock = RunLock(run_folder(command, cfg, model_dir), what=f"cadel {command}")
         with lock or nullcontext():
             try:
-                stage_run(cfg)
+                stage_run(cfg) if model_dir is None else stage_run(cfg, model_dir)
             except Exception:
                 if command == STAGE1 and lock is not None:
                     _unclaim(lock)

@@ -6,15 +6,16 @@
 Prints overall / many / medium / few top-1, top-5, ECE and NLL for the model's inference rule (before and after
 logit adjustment) and for each exit; writes results.json, all_results.json, per_class.csv and per_class_accuracy.png.
 """
+from pathlib import Path
 from typing import Dict
 
 from .cli import run_command
 from .config.schema import EVALUATE, RunConfig
 
 
-def run(cfg: RunConfig) -> Dict[str, dict]:
+def run(cfg: RunConfig, model_dir: Path) -> Dict[str, dict]:
     from .stages import evaluation  # here, not at the top: --help and --list_presets answer without loading torch
-    return evaluation.run(cfg)
+    return evaluation.run(cfg, model_dir)
 
 
 def main(argv=None) -> int:

@@ -45,6 +45,8 @@ RESULTS_FILE = "results.json"              # an evaluation: every score variant'
 ALL_RESULTS_FILE = "all_results.json"      # the main metrics as flat eval_* keys (HF examples' file)
 PER_CLASS_CSV = "per_class.csv"
 PER_CLASS_PLOT = "per_class_accuracy.png"
+SAVING_SUFFIX = ".tmp"                     # a model folder while it is written (modeling.factory.save_model) ...
+REPLACED_SUFFIX = ".old"                   # ... and the folder it replaces, until the rename is done
 
 CHECKPOINT_PREFIX = "step_"                # checkpoints/step_<global step, 8 digits>/
 CHECKPOINT_META = "cadel_checkpoint.json"  # what a resuming run must agree with; written last

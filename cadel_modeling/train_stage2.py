@@ -6,13 +6,15 @@
 
 The settings saved with the stage-1 model are the base; the flags below override what stage 2 may change.
 """
+from pathlib import Path
+
 from .cli import run_command
 from .config.schema import STAGE2, RunConfig
 
 
-def run(cfg: RunConfig) -> dict:
+def run(cfg: RunConfig, model_dir: Path) -> dict:
     from .stages import stage2  # here, not at the top: --help and --list_presets answer without loading torch
-    return stage2.run(cfg)
+    return stage2.run(cfg, model_dir)
 
 
 def main(argv=None) -> int:

@@ -198,33 +198,31 @@ def test_latest_valid_falls_back_past_corrupt_and_foreign_checkpoints(accelerato
         save(accelerator, tmp_path, step, run_id=run)
     (checkpoint_root(tmp_path) / "step_00000003" / CHECKPOINT_MODEL_FILE).write_bytes(b"broken")
     with caplog.at_level(logging.WARNING, logger="cadel"):
-        assert latest_valid(tmp_path, "run-a").name == "step_00000002"
+        assert latest_valid(tmp_path, "run-a")[0].name == "step_00000002"
     warnings = [r.getMessage() for r in caplog.records]
     assert "skipping step_00000004: it belongs to run run-b, not to this folder's run run-a" in warnings
     assert any(w.startswith("skipping step_00000003: checkpoint ") and "is corrupt" in w for w in warnings)
-    assert latest_valid(tmp_path, "run-b").name == "step_00000004"
-    assert latest_valid(tmp_path, None).name == "step_00000004"      # no run id: any valid one
+    assert latest_valid(tmp_path, "run-b")[0].name == "step_00000004"
+    assert latest_valid(tmp_path, None)[0].name == "step_00000004"      # no run id: any valid one
     assert latest_valid(tmp_path, "run-c") is None
     assert latest_valid(tmp_path / "empty", "run-a") is None
 
 
 def test_check_signature_names_the_first_difference_and_ignores_keys_the_checkpoint_lacks(accelerator, tmp_path):
     path = save(accelerator, tmp_path, 1)
-    check_signature(path, {"backbone": "b", "image_size": 32})          # image_size absent from this checkpoint
+    meta = read_meta(path)
+    check_signature(path, meta, {"backbone": "b", "image_size": 32})          # image_size absent from this checkpoint
     with pytest.raises(CheckpointError, match="made with backbone=b but this run has backbone=resnet50"):
-        check_signature(path, {"backbone": "resnet50"})
-    meta = json.loads((path / CHECKPOINT_META).read_text())
+        check_signature(path, meta, {"backbone": "resnet50"})
     meta["class_counts"] = [5, 3, 2]
-    (path / CHECKPOINT_META).write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="class_counts=3 classes, 10 images but this run has "
                                               "class_counts=2 classes, 9 images"):
-        check_signature(path, {"class_counts": [6, 3]})
+        check_signature(path, meta, {"class_counts": [6, 3]})
     meta.update(class_names=["a", "b", "c"], exit_stages=[2, 3])
-    (path / CHECKPOINT_META).write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match=r"class_names=3 classes but this run has class_names=2 classes;"):
-        check_signature(path, {"class_names": ["a", "b"]})
+        check_signature(path, meta, {"class_names": ["a", "b"]})
     with pytest.raises(CheckpointError, match=r"exit_stages=\[2, 3\] but this run has exit_stages=\[3\];"):
-        check_signature(path, {"exit_stages": [3]})
+        check_signature(path, meta, {"exit_stages": [3]})
 
 
 def test_train_state_ignores_unknown_keys():

@@ -437,14 +437,14 @@ def test_hf_names_cadel_has_no_concept_for_say_so(flag, message):
 
 
 def test_mixed_precision_reaches_the_accelerator(monkeypatch):
-    from cadel_modeling.stages import stage1
+    from cadel_modeling.stages import frame, stage1
     seen = {}
 
     def fake_accelerator(**kwargs):  # accelerate's state is per process: look at the request, build nothing
         seen.update(kwargs)
         raise InterruptedError
 
-    monkeypatch.setattr(stage1, "make_accelerator", fake_accelerator)
+    monkeypatch.setattr(frame, "make_accelerator", fake_accelerator)
     for argv, expected in ((["--mixed_precision", "bf16"], "bf16"), ([], None)):  # None: accelerate's config
         with pytest.raises(InterruptedError):
             stage1.run(parse_config(argv))

@@ -297,7 +297,7 @@ def check_cadel(command: str, args: List[str], what: str) -> None:
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
         try:
-            cfg = resolve_config(command, argv, "") if command == "stage1" else parse_config(argv, command, "")
+            cfg = resolve_config(command, argv, "")[0] if command == "stage1" else parse_config(argv, command, "")
         except ConfigError as exc:
             pytest.fail(f"{what}: {exc}")
         except SystemExit:

@@ -35,17 +35,17 @@ def test_best_model_is_the_logged_best_epoch(trained_run):
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     best = max(log, key=lambda r: r["val_top1"])  # first maximum, as stage 1 keeps it
     assert (summary["best_epoch"], summary["best_val_top1"]) == (best["epoch"], best["val_top1"])
-    cfg = resolve_config(EVALUATE, ["--eval_model", str(out / "best_model"), "--eval_split", "val"], "")
-    results = evaluation.run(cfg)
+    results = evaluation.run(*resolve_config(EVALUATE, ["--eval_model", str(out / "best_model"), "--eval_split",
+                                                        "val"], ""))
     report = json.loads((out / "best_model" / "eval_val" / "results.json").read_text())
     assert results[report["main"]]["accuracy"] == pytest.approx(best["val_top1"], abs=1e-6)
 
 
 def test_stage2_picks_tau_on_val_and_evaluate_reports(trained_run):
     out, _ = trained_run
-    cfg = resolve_config(STAGE2, ["--stage1_dir", str(out)], "")
+    cfg, best = resolve_config(STAGE2, ["--stage1_dir", str(out)], "")
     assert cfg.backbone == "resnet18" and cfg.epochs == 3  # the stage-1 run's config is the base
-    summary = stage2.run(cfg)
+    summary = stage2.run(cfg, best)
     sweep = summary["val_sweep"]
     best = max(r["top1"] for r in sweep)
     assert summary["tau"] == next(r["tau"] for r in sweep if r["top1"] == best)
@@ -53,8 +53,7 @@ def test_stage2_picks_tau_on_val_and_evaluate_reports(trained_run):
     assert CadelForImageClassification.from_pretrained(str(model_dir)).config.tau == summary["tau"]
 
     assert find_model_dir(str(out)) == model_dir  # a run folder resolves to its newest stage
-    eval_cfg = resolve_config(EVALUATE, ["--eval_model", str(out)], "")
-    results = evaluation.run(eval_cfg)
+    results = evaluation.run(*resolve_config(EVALUATE, ["--eval_model", str(out)], ""))
     report = json.loads((model_dir / "eval_test" / "results.json").read_text())
     main = report["results"][report["main"]]
     assert main["accuracy"] > 0.30 and main["num_samples"] == 10000
@@ -88,6 +87,6 @@ def test_a_vit_cascade_selects_its_best_epoch_with_the_vit_rule(tmp_path):
     model = CadelForImageClassification.from_pretrained(str(out / "best_model"))
     assert model.config.resolved_inference_rule == "sum"
     # stage 2 runs best_model on val again and sweeps tau for the sum rule: its tau = 1 is stage 1's selection score
-    stage2.run(resolve_config(STAGE2, ["--stage1_dir", str(out)], ""))
+    stage2.run(*resolve_config(STAGE2, ["--stage1_dir", str(out)], ""))
     sweep = json.loads((out / "stage2_logit_adjustment" / "stage2_results.json").read_text())["val_sweep"]
     assert next(r["top1"] for r in sweep if r["tau"] == 1.0) == pytest.approx(best["val_top1"], abs=1e-6)

@@ -180,7 +180,7 @@ def test_two_process_evaluation_gives_the_single_process_results(tmp_path, monke
     from cadel_modeling.config import EVALUATE, parse_config
     from cadel_modeling.data import build_datasets
     from cadel_modeling.modeling.factory import build_model, save_model
-    from cadel_modeling.stages import evaluation
+    from cadel_modeling.stages import evaluation, frame
     from cadel_modeling.utils.io import write_json
 
     args = ["--config", "fashion_mnist_lt", "--n_max", "60", "--val_per_class", "10", "--imb_factor", "20",
@@ -189,14 +189,14 @@ def test_two_process_evaluation_gives_the_single_process_results(tmp_path, monke
     torch.manual_seed(0)
     model_dir = tmp_path / "model"
     data = build_datasets(cfg)
-    monkeypatch.setattr(evaluation, "build_datasets", lambda _: data)  # built once in this process
+    monkeypatch.setattr(frame, "build_datasets", lambda _: data)  # built once in this process
     model = build_model(cfg, data)
     model.config.tau = 0.75
     save_model(model, model_dir, cfg, cfg.augmentation)
     ensemble = {**ENSEMBLE, "weights": [0.5, 0.0, 0.5], "normalized_weights": [0.5, 0.0, 0.5]}
     write_json(model_dir / "ensemble.json", ensemble)
 
-    single = evaluation.run(resolve_config(EVALUATE, ["--eval_model", str(model_dir), "--eval_split", "val"], ""))
+    single = evaluation.run(*resolve_config(EVALUATE, ["--eval_model", str(model_dir), "--eval_split", "val"], ""))
     one = json.loads((model_dir / "eval_val" / "results.json").read_text())
     shutil.rmtree(model_dir / "eval_val")
     cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",

@@ -370,3 +370,29 @@ def test_hub_id_resolves_offline_from_the_local_cache(run, tmp_path, monkeypatch
     assert json.loads(uploaded["eval_test/results.json"]) == json.loads(
         (tmp_path / "out" / "eval_test" / "results.json").read_text())
     assert "| test | last rule, tau=1 (main) | 70.0 |" in (tmp_path / "out" / "README.md").read_text()
+
+
+def test_a_stage_uploads_with_the_runs_hub_settings_only_when_asked(tmp_path, monkeypatch):
+    """``StageFrame.finish``: the one place a stage's upload meets the run's Hub settings; ``--hub_model_id`` before
+    the stage's default (a Hub model's own id, for its evaluation)."""
+    from cadel_modeling.hub import publish
+    from cadel_modeling.stages.frame import StageFrame
+    calls = []
+    monkeypatch.setattr(publish, "push_to_hub", lambda *args, **kwargs: calls.append((args, kwargs)))
+    hub = dict(hub_private=True, hub_token="hf_x", hub_revision="v1", hub_commit_message="m", hub_license="mit")
+    StageFrame(RunConfig(push_to_hub=False, **hub), tmp_path / "tracking").finish(upload=tmp_path / "model")
+    assert calls == []
+    out = tmp_path / "out"
+    StageFrame(RunConfig(push_to_hub=True, **hub), tmp_path / "tracking").finish(
+        upload=tmp_path / "model", default_repo_id="someone/model", eval_dirs=[out / "eval_test"],
+        card_path=out / "README.md")
+    StageFrame(RunConfig(push_to_hub=True, hub_model_id="me/mine", **hub), tmp_path / "tracking").finish(
+        upload=tmp_path / "model", default_repo_id="someone/model")
+    StageFrame(RunConfig(push_to_hub=True, **hub), tmp_path / "tracking").finish(upload=tmp_path / "model")
+    settings = {"private": True, "token": "hf_x", "revision": "v1", "commit_message": "m", "license": "mit"}
+    assert calls == [
+        ((tmp_path / "model", "someone/model"), {**settings, "eval_dirs": [out / "eval_test"],
+                                                 "card_path": out / "README.md"}),
+        ((tmp_path / "model", "me/mine"), {**settings, "eval_dirs": (), "card_path": None}),
+        ((tmp_path / "model", None), {**settings, "eval_dirs": (), "card_path": None})]  # push_to_hub: the run's name
+    assert not (tmp_path / "tracking").exists()  # no tracker asked for

@@ -217,7 +217,7 @@ def test_a_refused_resume_changes_no_file_and_stage2_reads_the_models_own_settin
     assert checksums(run) == before  # config.yaml, run_info.json, logs, models: byte-identical
     # whatever happens to config.yaml later, stage 2 evaluates with the settings saved with the model
     (run / "config.yaml").write_text((run / "config.yaml").read_text().replace("image_size: 32", "image_size: 48"))
-    assert resolve_config(STAGE2, ["--stage1_dir", str(run)], "").image_size == 32
+    assert resolve_config(STAGE2, ["--stage1_dir", str(run)], "")[0].image_size == 32
 
 
 def test_overwrite_is_a_clean_start_and_latest_resumes_only_this_run(tmp_path, caplog):

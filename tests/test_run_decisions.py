@@ -2,19 +2,29 @@
 ImageNet-LT-shaped folder (3 steps per epoch), with the validation logits scripted per epoch so that the choices are
 known in advance (validation top-1 that goes up and down, exits that disagree). Guards what the real-training tests
 guard only slowly: the best epoch on validation (not the last), the exit(s) validated, the T the loss receives each
-epoch, and a stop signal (the checkpoint at the interrupted step, and a resume that repeats the uninterrupted run)."""
+epoch, and a stop signal (the checkpoint at the interrupted step, and a resume that repeats the uninterrupted run).
+Then stage 2's choices on scripted logits, and what the commands read before their stage works, each read once and
+passed down: the model folder stage 2 and evaluation read (located and checked once, by ``cli.resolve_config``) and,
+at a resume, the checkpoint's metadata and the run's ``run_info.json`` (``run_folder.resume_target``), from which
+whether the checkpoint belongs to another run follows."""
 import json
 import math
+import shutil
 
 import pytest
 import torch
 from safetensors.torch import load_file
 from test_data_builders import COUNTS, write_split_lists
 
-from cadel_modeling.config import parse_config
-from cadel_modeling.stages import stage1
+from cadel_modeling import evaluate, train_stage2
+from cadel_modeling.config import RunConfig, parse_config
+from cadel_modeling.modeling import locate
+from cadel_modeling.stages import evaluation, stage1
+from cadel_modeling.stages.run_folder import check_output_dir, resume_target
 from cadel_modeling.training.checkpointing import list_checkpoints
 from cadel_modeling.training.preemption import Preempted
+from cadel_modeling.utils import io
+from cadel_modeling.utils.errors import OutputDirError
 
 EPOCHS = 4
 STEPS_PER_EPOCH = sum(COUNTS) // 4  # 3: the last, partial batch is dropped
@@ -160,7 +170,7 @@ def tail_or_head(label: int, rows: int = 8) -> tuple:
 def test_stage2_chooses_tau_on_validation_not_on_test(stage1_run, monkeypatch, capsys):
     from cadel_modeling.cli import resolve_config
     from cadel_modeling.config import STAGE2
-    from cadel_modeling.stages import stage2
+    from cadel_modeling.stages import frame, stage2
 
     # validation rows are of the tail class (best tau: 1.0, the first of 1.0 and 1.5); test rows of the head class
     # (best tau: 0)
@@ -169,17 +179,18 @@ def test_stage2_chooses_tau_on_validation_not_on_test(stage1_run, monkeypatch, c
     monkeypatch.setattr(logit_adjustment, "predict_split", lambda model, loader, accelerator, size, split:
                         splits[split])
     logged = []
-    make_accelerator = stage2.make_accelerator
+    make_accelerator = frame.make_accelerator
 
     def recording_accelerator(**kwargs):  # what trackers would receive
         accelerator = make_accelerator(**kwargs)
         accelerator.log = lambda values, step=None, **kw: logged.append((step, values))
         return accelerator
 
-    monkeypatch.setattr(stage2, "make_accelerator", recording_accelerator)
-    cfg = resolve_config(STAGE2, ["--stage1_dir", str(stage1_run), "--tau_grid", "[0.0, 0.5, 1.0, 1.5]",
-                                  "--exit_weight_step", "0.5", "--select_inference_rule", "--overwrite_output_dir"], "")
-    summary = stage2.run(cfg)
+    monkeypatch.setattr(frame, "make_accelerator", recording_accelerator)
+    cfg, model_dir = resolve_config(STAGE2, ["--stage1_dir", str(stage1_run), "--tau_grid", "[0.0, 0.5, 1.0, 1.5]",
+                                             "--exit_weight_step", "0.5", "--select_inference_rule",
+                                             "--overwrite_output_dir"], "")
+    summary = stage2.run(cfg, model_dir)
     out = stage1_run / "stage2_logit_adjustment"
     assert json.loads((out / "stage2_results.json").read_text()) == json.loads(json.dumps(summary))
     assert (summary["method"], summary["inference_rule"], summary["exits"], summary["tau_grid"], summary["crt"]) == \
@@ -202,10 +213,86 @@ def test_stage2_chooses_tau_on_validation_not_on_test(stage1_run, monkeypatch, c
     printed = capsys.readouterr().out
     assert "\n" + stage2.choices_text(summary, NUM_EXITS) + "\n" in printed and "\ntest split:\n" in printed
     # without the exit-weight search: tau from the sweep alone, and the previous run's weights do not outlive it
-    summary = stage2.run(resolve_config(STAGE2, ["--stage1_dir", str(stage1_run), "--tau_grid",
-                                                 "[0.0, 0.5, 1.0, 1.5]", "--exit_weight_step", "0",
-                                                 "--overwrite_output_dir"], ""))
+    summary = stage2.run(*resolve_config(STAGE2, ["--stage1_dir", str(stage1_run), "--tau_grid",
+                                                  "[0.0, 0.5, 1.0, 1.5]", "--exit_weight_step", "0",
+                                                  "--overwrite_output_dir"], ""))
     assert summary["ensemble"] is None and "selected_rule" not in summary
     assert not (out / "model" / "ensemble.json").exists()
     saved = json.loads((out / "model" / "config.json").read_text())
     assert (saved["tau"], saved["inference_rule"], saved["exit_weights"]) == (1.0, "auto", None)
+
+
+# -- what a command reads, read once ------------------------------------------------------------------------------
+
+def tree(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_local_evaluation_locates_its_model_once(stage1_run, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    shutil.copytree(stage1_run, run)
+    calls = []
+    real = locate.find_model_dir
+    model_dir = real(str(run))  # the newest model of the run (stage 2's when the stage-2 tests above ran)
+
+    def counting(ref):
+        calls.append(ref)
+        return real(ref)
+
+    monkeypatch.setattr(locate, "find_model_dir", counting)
+    monkeypatch.setattr(evaluation, "find_model_dir", counting, raising=False)  # where the stage looked it up again
+    assert evaluate.main(["--eval_model", str(run), "--eval_split", "val"]) == 0
+    assert calls == [str(run)]  # the config, the lock's run folder and the stage all use that one answer
+    assert json.loads((model_dir / "eval_val" / "results.json").read_text())["split"] == "val"
+
+
+def test_stage2_without_a_stage1_model_is_one_line_and_writes_nothing(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("epochs: 1\n")
+    before = tree(tmp_path)
+    assert train_stage2.main(["--stage1_dir", str(run)]) == 2
+    assert f"error: {run / 'best_model'} holds no model: run stage 1 with --output_dir {run} first" in \
+        capsys.readouterr().err
+    assert tree(tmp_path) == before
+
+
+def test_a_resume_reads_the_checkpoint_metadata_and_run_info_once(data_root, stage1_run, tmp_path,
+                                                                   monkeypatch):
+    run = tmp_path / "run"
+    shutil.copytree(stage1_run, run)
+    reads = []
+    real_open = open
+
+    def counting_open(path, *args, **kwargs):  # every read_json of cadel's goes through utils/io.py's open
+        if not args and "mode" not in kwargs:
+            reads.append(str(path).rsplit("/", 1)[-1])
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(io, "open", counting_open, raising=False)
+    monkeypatch.setattr(stage1, "predict", ScriptedValidation(last=[3], others=[0]))
+    summary = stage1.run(config(data_root, run, "--epochs", "3", "--resume_from_checkpoint", "latest"))
+    # once by the checks (resume_target), once by load_checkpoint, which verifies what it loads
+    assert reads.count("cadel_checkpoint.json") == 2
+    assert reads.count("run_info.json") == 1
+    info = json.loads((run / "run_info.json").read_text())
+    assert summary["run_id"] == info["run_id"] == json.loads((stage1_run / "run_info.json").read_text())["run_id"]
+    assert [(c["key"], c["old"], c["new"]) for c in info["config_changes"]] == [("epochs", 2, 3)]
+
+
+def test_whether_a_checkpoint_belongs_to_another_run_follows_from_the_files_read_once(stage1_run, tmp_path):
+    mine = tmp_path / "mine"
+    shutil.copytree(stage1_run, mine)
+    checkpoint = list_checkpoints(stage1_run)[-1]
+    own = resume_target(RunConfig(output_dir=str(mine), resume_from_checkpoint=str(checkpoint)))
+    assert own.path == checkpoint and not own.foreign and own.meta["run_id"] == own.run_info["run_id"]
+    check_output_dir(RunConfig(output_dir=str(mine)), own)  # its own run's checkpoint: resumed there
+    info = json.loads((mine / "run_info.json").read_text())
+    (mine / "run_info.json").write_text(json.dumps({**info, "run_id": "another"}))
+    other = resume_target(RunConfig(output_dir=str(mine), resume_from_checkpoint=str(checkpoint)))
+    assert other.foreign and other.run_info["run_id"] == "another"
+    with pytest.raises(OutputDirError, match=f"{checkpoint} is a checkpoint of another run than the one in {mine}"):
+        check_output_dir(RunConfig(output_dir=str(mine)), other)
+    empty = resume_target(RunConfig(output_dir=str(tmp_path / "new"), resume_from_checkpoint=str(checkpoint)))
+    assert not empty.foreign and empty.run_info == {}  # an empty folder holds no run to replace
+    assert resume_target(RunConfig(output_dir=str(mine))) is None

@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from cadel_modeling.config.schema import STAGE1
 from cadel_modeling.data import build_datasets
 from cadel_modeling.modeling import CadelConfig, CadelForImageClassification
 from cadel_modeling.modeling.factory import load_model, save_model
+from cadel_modeling.modeling.locate import find_model_dir
 from cadel_modeling.stages.run_folder import check_resume_settings, folder_state, result_settings
 from cadel_modeling.training.losses import annealing_T
 from cadel_modeling.training.optim import LRSchedule
@@ -125,6 +127,17 @@ def test_the_lock_file_is_not_counted_as_a_file_of_the_folder(tmp_path):
         assert folder_state(tmp_path / "new") == "run"
 
 
+def test_a_model_folder_left_half_saved_by_a_crash_still_counts_as_the_runs():
+    # save_model writes best_model.tmp, then moves the old folder to best_model.old: a crash between leaves them
+    for leftover in ("best_model.tmp", "best_model.old", "last_model.tmp"):
+        with tempfile.TemporaryDirectory() as folder:
+            (Path(folder) / "config.yaml").write_text("a: 1\n")
+            (Path(folder) / leftover).mkdir()
+            assert folder_state(Path(folder)) == "run", leftover
+            (Path(folder) / "best_model.bak").mkdir()            # any other suffix is not cadel's
+            assert folder_state(Path(folder)) == "other"
+
+
 # -- nothing replaced without being asked --------------------------------------------------------------------------
 
 def test_export_refuses_a_non_empty_folder_and_any_run_folder(tmp_path, capsys):
@@ -151,9 +164,9 @@ def test_stage2_refuses_to_replace_a_stage2_result_without_the_flag(tmp_path):
     (tmp_path / "run" / "stage2_logit_adjustment").mkdir()
     (tmp_path / "run" / "stage2_logit_adjustment" / "stage2_results.json").write_text("{}")
     before = tree_digest(tmp_path)
-    cfg = cli.resolve_config("stage2", ["--stage1_dir", str(tmp_path / "run")], "")
+    cfg, model_dir = cli.resolve_config("stage2", ["--stage1_dir", str(tmp_path / "run")], "")
     with pytest.raises(OutputDirError, match="already holds a stage-2 result; pass --overwrite_output_dir"):
-        stage2.run(cfg)
+        stage2.run(cfg, model_dir)
     assert tree_digest(tmp_path) == before
 
 
@@ -334,12 +347,12 @@ def test_each_command_locks_the_run_folder_it_writes_into(tmp_path):
     run = tmp_path / "run"
     tiny_model(run / "best_model")
     tiny_model(run / "stage2_crt" / "model")
-    assert cli.run_folder(STAGE1, RunConfig(output_dir=str(run))) == run
-    assert cli.run_folder("stage2", RunConfig(stage1_dir=str(run))) == run
+    assert cli.run_folder(STAGE1, RunConfig(output_dir=str(run)), None) == run
+    assert cli.run_folder("stage2", RunConfig(stage1_dir=str(run)), run / "best_model") == run
     for model in (run, run / "best_model", run / "stage2_crt" / "model"):
-        assert cli.run_folder("evaluate", RunConfig(eval_model=str(model))) == run
+        assert cli.run_folder("evaluate", RunConfig(eval_model=str(model)), find_model_dir(str(model))) == run
     hub = RunConfig(eval_model="someone/model", output_dir=str(tmp_path / "out"))
-    assert cli.run_folder("evaluate", hub) == tmp_path / "out"
+    assert cli.run_folder("evaluate", hub, tmp_path / "cache" / "snapshot") == tmp_path / "out"
 
 
 def test_an_error_that_quotes_the_token_is_printed_and_logged_redacted(tmp_path, monkeypatch):

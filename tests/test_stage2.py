@@ -50,24 +50,23 @@ def stage2_env(tiny_run, monkeypatch):
     """stage2.run on the tiny run, with the backbone's calls counted and the data built once per module."""
     from cadel_modeling.cli import resolve_config
     from cadel_modeling.config import STAGE2
-    from cadel_modeling.stages import evaluation, stage2
+    from cadel_modeling.stages import frame, stage2
 
     out, data = tiny_run
     seen = []
-    load_model = stage2.load_model
+    load_model = frame.load_model
 
     def counting_load_model(model_dir):
         model = load_model(model_dir)
         model.backbone.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[0] == EVAL_BATCH))
         return model
 
-    monkeypatch.setattr(stage2, "build_datasets", lambda cfg: data)
-    monkeypatch.setattr(evaluation, "build_datasets", lambda cfg: data)
-    monkeypatch.setattr(stage2, "load_model", counting_load_model)
+    monkeypatch.setattr(frame, "build_datasets", lambda cfg: data)  # stage 2 and evaluation
+    monkeypatch.setattr(frame, "load_model", counting_load_model)
 
     def run(*extra):
         seen.clear()
-        summary = stage2.run(resolve_config(STAGE2, STAGE2_ARGS + ["--stage1_dir", str(out), *extra], ""))
+        summary = stage2.run(*resolve_config(STAGE2, STAGE2_ARGS + ["--stage1_dir", str(out), *extra], ""))
         assert all(seen)  # every call a full batch
         return summary, len(seen)
 
@@ -145,8 +144,9 @@ def test_crt_changes_only_the_retrained_classifiers(stage2_env, crt_exits):
     assert len(val_curve) == 3 and crt["best_epoch"] == val_curve.index(max(val_curve)) + 1
     assert summary["tau_grid"][0] == 0.0 and summary["ensemble"]["val_top1"] >= summary["val_top1"]
     # The saved model, evaluated through the network on val, reproduces the validation top-1 stage 2 chose with.
-    cfg = resolve_config(EVALUATE, ["--eval_model", str(out / "stage2_crt" / "model"), "--eval_split", "val"], "")
-    results = evaluation.run(cfg)
+    cfg, model_dir = resolve_config(EVALUATE, ["--eval_model", str(out / "stage2_crt" / "model"), "--eval_split",
+                                               "val"], "")
+    results = evaluation.run(cfg, model_dir)
     assert next(iter(results.values()))["accuracy"] == pytest.approx(summary["val_top1"], abs=1e-6)  # float32 mean
 
 

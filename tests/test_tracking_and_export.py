@@ -57,8 +57,8 @@ def test_evaluation_writes_hf_style_flat_results(trained_run):
     from cadel_modeling.config import EVALUATE
     from cadel_modeling.stages import evaluation
     out, _ = trained_run
-    results = evaluation.run(resolve_config(EVALUATE, ["--eval_model", str(out / "best_model"), "--eval_split",
-                                                       "val"], ""))
+    results = evaluation.run(*resolve_config(EVALUATE, ["--eval_model", str(out / "best_model"), "--eval_split",
+                                                        "val"], ""))
     flat = json.loads((out / "best_model" / "eval_val" / "all_results.json").read_text())
     assert set(flat) == {"eval_top1", "eval_top5", "eval_many", "eval_medium", "eval_few", "eval_ece", "eval_nll",
                          "eval_macro_f1", "eval_tau", "eval_samples"}

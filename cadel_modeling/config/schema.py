@@ -9,12 +9,12 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Optional, Sequence
 
 import yaml
 
 from ..training.tracking import TRACKERS  # no torch: the flags stay quick to parse
+from ..utils.io import write_text_atomic
 from ..utils.secrets import without_secrets
 
 STAGE1, STAGE2, EVALUATE = "stage1", "stage2", "evaluate"
@@ -222,12 +222,7 @@ class RunConfig:
 
     def save(self, path: os.PathLike) -> None:
         """Write the fully resolved config (the token never), so a run can be repeated from its own folder."""
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        data = without_secrets(self.to_dict())
-        tmp = Path(str(path) + ".tmp")
-        with open(tmp, "w") as fh:
-            yaml.safe_dump(data, fh, sort_keys=False)
-        os.replace(tmp, path)
+        write_text_atomic(path, yaml.safe_dump(without_secrets(self.to_dict()), sort_keys=False))
 
     def family(self) -> str:
         """'cnn' or 'vit' (the one rule in ``modeling.backbones``; imports timm)."""

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from ..run_layout import RUN_CONFIG_NAME
+from ..run_layout import REPLACED_SUFFIX, RUN_CONFIG_NAME, SAVING_SUFFIX
 from ..utils.errors import ModelError
 from ..utils.finite import require_finite
 from ..utils.io import disk_space_guard
@@ -80,7 +80,7 @@ def save_model(net: CadelForImageClassification, path, run_config, augmentation:
     folder, written under a temporary name and renamed, and only when every tensor is finite."""
     require_finite(net.state_dict().items(), f"the model to {path}")
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(path.name + SAVING_SUFFIX)
     if tmp.exists():
         shutil.rmtree(tmp)
     needed = sum(v.nelement() * v.element_size() for v in net.state_dict().values())
@@ -89,7 +89,7 @@ def save_model(net: CadelForImageClassification, path, run_config, augmentation:
         save_image_processor(tmp, net.config, augmentation)
         run_config.save(tmp / RUN_CONFIG_NAME)
     if path.exists():
-        old = path.with_name(path.name + ".old")
+        old = path.with_name(path.name + REPLACED_SUFFIX)
         shutil.rmtree(old, ignore_errors=True)
         path.rename(old)
         tmp.rename(path)

@@ -6,41 +6,30 @@ The network runs once over the split; every variant is computed from the gathere
 """
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Dict
 
 from ..config import RunConfig
-from ..data import DataOptions, build_datasets
 from ..data.loaders import LoaderSpec
-from ..inference import check_model_matches_data, predict_split, process_invariant_loader
+from ..inference import predict_split, process_invariant_loader
 from ..metrics import format_table
-from ..modeling.factory import load_model
-from ..modeling.locate import find_model_dir, load_ensemble
+from ..modeling.locate import load_ensemble
 from ..posthoc import selected_exits
 from ..results import write_report
 from ..run_layout import CARD_FILE, PER_CLASS_CSV, PER_CLASS_PLOT, RESULTS_FILE, TRACKING, eval_dir, eval_name
-from ..training import tracking
-from ..training.accelerator import make_accelerator
-from ..training.tracking import tracking_kwargs
 from ..utils.io import command_line
-from ..utils.logging import setup_logging
-from . import push
-
-logger = logging.getLogger("cadel")
+from .frame import StageFrame
 
 
-def run(cfg: RunConfig) -> Dict[str, dict]:
+def run(cfg: RunConfig, model_dir: Path) -> Dict[str, dict]:
+    """Evaluate ``model_dir``, the model ``--eval_model`` names, located once by ``cli.resolve_config`` (a Hub model
+    downloaded into the cache)."""
     local = Path(cfg.eval_model).is_dir()
-    model_dir = find_model_dir(cfg.eval_model) if local else None  # a Hub model: fetched below, by one process first
-    out_dir = eval_dir(model_dir if local else cfg.output_dir, cfg.eval_split)
-    accelerator = make_accelerator(**tracking_kwargs(cfg.report_to, cfg.tracking_dir, out_dir / TRACKING))
-    setup_logging(accelerator.is_main_process)
-    with accelerator.main_process_first():  # one Hub download and one dataset build; the others read the cache
-        model_dir = model_dir or find_model_dir(cfg.eval_model)
-        data = build_datasets(DataOptions.from_config(cfg))
-    model = load_model(model_dir)
-    check_model_matches_data(model.config, data, str(model_dir))
+    out_dir = eval_dir(model_dir if local else cfg.output_dir, cfg.eval_split)  # a Hub model's cache is read-only
+    frame = StageFrame(cfg, out_dir / TRACKING)
+    accelerator = frame.accelerator
+    data = frame.build_data()
+    model = frame.load_checked_model(model_dir, data)
     rule = model.config.resolved_inference_rule
     selected_exits(len(model.aux_exits) + 1, "sum" if rule == "weighted" else rule, cfg.eval_exits)  # fail early
     ensemble = load_ensemble(model_dir)
@@ -53,7 +42,7 @@ def run(cfg: RunConfig) -> Dict[str, dict]:
     results = write_report(exit_logits, labels, net.config, data, out_dir, cfg.eval_split, exits=cfg.eval_exits,
                            ensemble=ensemble, is_main=accelerator.is_main_process, test_agnostic=test_agnostic,
                            provenance={"command": command_line(), "num_processes": accelerator.num_processes})
-    tracking.start(accelerator, cfg.run_name or eval_name(cfg.eval_split), cfg.to_dict())
+    frame.start_tracking(eval_name(cfg.eval_split))
     if results:
         main = next(iter(results.values()))
         accelerator.log({f"eval/{cfg.eval_split}/{k}": v for k, v in main.items()
@@ -63,9 +52,9 @@ def run(cfg: RunConfig) -> Dict[str, dict]:
         print(format_table(results))
         print(f"\nresults: {out_dir / RESULTS_FILE}, per-class: {out_dir / PER_CLASS_CSV}, "
               f"plot: {out_dir / PER_CLASS_PLOT}")
-        if cfg.push_to_hub:  # a Hub model's results live in output_dir, outside the read-only cache
-            extra = {} if local else {"eval_dirs": [out_dir], "card_path": Path(cfg.output_dir) / CARD_FILE}
-            push(cfg, model_dir, repo_id=cfg.hub_model_id or (None if local else cfg.eval_model), **extra)
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
+    if local:
+        frame.finish(upload=model_dir)
+    else:  # the results and the card of a Hub model live in output_dir, outside the read-only cache
+        frame.finish(upload=model_dir, default_repo_id=cfg.eval_model, eval_dirs=[out_dir],
+                     card_path=Path(cfg.output_dir) / CARD_FILE)
     return results

@@ -12,13 +12,24 @@ rises again (docs/reliability.md).
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
 from ..config import RunConfig
 from ..config.schema import FIELDS, STAGE1, fields_of
-from ..run_layout import CARD_FILE, EVAL_PREFIX, RUN_FILES, RUN_FOLDERS, RUN_INFO_FILE, RUN_MARKERS, STAGE2_PREFIX
-from ..training.checkpointing import CheckpointError, checkpoint_root, latest_valid, list_checkpoints, read_meta, verify
+from ..run_layout import (
+    CARD_FILE,
+    EVAL_PREFIX,
+    REPLACED_SUFFIX,
+    RUN_FILES,
+    RUN_FOLDERS,
+    RUN_INFO_FILE,
+    RUN_MARKERS,
+    SAVING_SUFFIX,
+    STAGE2_PREFIX,
+)
+from ..training.checkpointing import CheckpointError, checkpoint_root, latest_valid, list_checkpoints, verify
 from ..utils.errors import ConfigError, OutputDirError
 from ..utils.io import read_json
 from ..utils.run_lock import LOCK_NAME, clear_except_lock
@@ -30,48 +41,62 @@ def folder_state(out: Path) -> str:
     entries = [p for p in out.iterdir() if p.name != LOCK_NAME] if out.is_dir() else []  # the lock is the command's
     if not entries:
         return "empty"
-    names = {p.name.removesuffix(".tmp").removesuffix(".old") for p in entries}  # half-written saves too
+    # a model folder's half-written save counts as the folder
+    names = {p.name.removesuffix(SAVING_SUFFIX).removesuffix(REPLACED_SUFFIX) for p in entries}
     cadel = set(RUN_FILES) | set(RUN_FOLDERS) | {n for n in names if n.startswith((STAGE2_PREFIX, EVAL_PREFIX))} | \
         {CARD_FILE}
     return "run" if names & set(RUN_MARKERS) and names <= cadel else "other"
 
 
-def resume_target(cfg: RunConfig) -> Optional[Path]:
+@dataclass(frozen=True)
+class Resume:
+    """The checkpoint a run resumes, with what the checks need, each file read once: the checkpoint's metadata
+    (``cadel_checkpoint.json``), the output folder's ``run_info.json`` ({} when there is none) and whether the
+    checkpoint belongs to another run than the one the folder holds (resuming it there would replace that run)."""
+
+    path: Path
+    meta: dict
+    run_info: dict
+    foreign: bool
+
+
+def read_run_info(out: Path) -> dict:
+    path = out / RUN_INFO_FILE
+    return read_json(path) if path.is_file() else {}
+
+
+def resume_target(cfg: RunConfig) -> Optional[Resume]:
     """The checkpoint to resume, checked (read-only); None for a fresh start."""
     out = Path(cfg.output_dir)
     if not cfg.resume_from_checkpoint:
         return None
     if cfg.resume_from_checkpoint != "latest":
         path = Path(cfg.resume_from_checkpoint)
-        verify(path)
-        return path
-    run_id = read_json(out / RUN_INFO_FILE).get("run_id") if (out / RUN_INFO_FILE).is_file() else None
-    path = latest_valid(out, run_id)
-    if path is None and folder_state(out) != "empty":
-        found = "no valid checkpoint" if checkpoint_root(out).is_dir() else "no checkpoints/ folder"
-        raise CheckpointError(f"--resume_from_checkpoint latest: {out} holds {found} of its run to resume; pass "
-                              f"--overwrite_output_dir to start over there, or choose another --output_dir")
-    newest = list_checkpoints(out)[-1:]
-    if path is not None and [path] != newest:
-        logger.warning("resuming from %s, not the newest checkpoint folder %s (see the warnings above)", path.name,
-                       newest[0].name)
-    return path  # None on an empty folder: a fresh start, so 'latest' is safe in a restart loop
+        meta = verify(path)
+        info = read_run_info(out) if folder_state(out) == "run" else {}  # only a run folder holds a run to replace
+    else:
+        info = read_run_info(out)
+        found = latest_valid(out, info.get("run_id"))
+        if found is None and folder_state(out) != "empty":
+            what = "no valid checkpoint" if checkpoint_root(out).is_dir() else "no checkpoints/ folder"
+            raise CheckpointError(f"--resume_from_checkpoint latest: {out} holds {what} of its run to resume; pass "
+                                  f"--overwrite_output_dir to start over there, or choose another --output_dir")
+        if found is None:  # an empty folder: a fresh start, so 'latest' is safe in a restart loop
+            return None
+        path, meta = found
+        newest = list_checkpoints(out)[-1]
+        if path != newest:
+            logger.warning("resuming from %s, not the newest checkpoint folder %s (see the warnings above)", path.name,
+                           newest.name)
+    foreign = folder_state(out) == "run" and meta.get("run_id") != info.get("run_id")
+    return Resume(path, meta, info, foreign)
 
 
-def is_foreign(checkpoint: Path, out: Path) -> bool:
-    """Whether ``checkpoint`` belongs to another run than the one ``out`` holds (resuming it there would replace
-    that run)."""
-    if folder_state(out) != "run":
-        return False
-    info = out / RUN_INFO_FILE
-    return read_meta(checkpoint).get("run_id") != (read_json(info).get("run_id") if info.is_file() else None)
-
-
-def check_output_dir(cfg: RunConfig, resuming: bool, foreign: Optional[Path] = None) -> None:
-    """Refuse to write into a used output_dir unless resuming its own run or told to overwrite (read-only);
-    ``foreign`` is a checkpoint of another run to resume there."""
+def check_output_dir(cfg: RunConfig, resume: Optional[Resume]) -> None:
+    """Refuse to write into a used output_dir unless resuming its own run or told to overwrite (read-only)."""
     out = Path(cfg.output_dir)
     state = folder_state(out)
+    foreign = resume.path if resume is not None and resume.foreign else None
     if state == "other":
         raise OutputDirError(f"output_dir {out} holds files that cadel did not write; choose an empty or new "
                              f"--output_dir (cadel never deletes files it does not know)")
@@ -82,18 +107,18 @@ def check_output_dir(cfg: RunConfig, resuming: bool, foreign: Optional[Path] = N
     if state == "run" and foreign is not None and out.resolve() in foreign.resolve().parents:
         raise OutputDirError(f"{foreign} lies inside {out}, which --overwrite_output_dir would clear; copy the "
                              f"checkpoint elsewhere first, or choose a new --output_dir")
-    if state == "run" and not (resuming or cfg.overwrite_output_dir):
+    if state == "run" and not (resume is not None or cfg.overwrite_output_dir):
         raise OutputDirError(f"output_dir {out} already holds a run; pass --resume_from_checkpoint latest to "
                              f"continue it, --overwrite_output_dir to start over there, or choose another "
                              f"--output_dir")
 
 
-def claim_output_dir(cfg: RunConfig, accelerator, resuming: bool) -> Path:
+def claim_output_dir(cfg: RunConfig, accelerator, resume: Optional[Resume]) -> Path:
     """After every check: a fresh run (or one resuming another run's checkpoint) removes what a previous run left
     there (``--overwrite_output_dir``); the lock file stays, it is the running command's."""
     out = Path(cfg.output_dir)
     if accelerator.is_main_process:
-        if not resuming and folder_state(out) == "run":
+        if (resume is None or resume.foreign) and folder_state(out) == "run":
             clear_except_lock(out)
             logger.warning("--overwrite_output_dir: removed the previous run in %s (checkpoints, logs, models, "
                            "stage-2 and evaluation folders)", out)

@@ -22,7 +22,7 @@ from accelerate.utils import set_seed
 
 from ..config import RunConfig
 from ..config.parsing import dropped_keys_note
-from ..data import DataOptions, build_datasets, is_streamed
+from ..data import is_streamed
 from ..data.gpu_augment import DeviceAugment
 from ..data.loaders import (
     LoaderSpec,
@@ -48,15 +48,13 @@ from ..run_layout import (
     TRAIN_LOG_FILE,
     eval_dir,
 )
-from ..training import tracking
-from ..training.accelerator import enable_fast_kernels, make_accelerator, replica_digests, sync_buffers_from_main
+from ..training.accelerator import enable_fast_kernels, replica_digests, sync_buffers_from_main
 from ..training.checkpointing import (
     CheckpointError,
     TrainState,
     check_signature,
     latest_valid,
     load_checkpoint,
-    read_meta,
     save_checkpoint,
     signature_of,
 )
@@ -65,20 +63,12 @@ from ..training.losses import CascadeLoss
 from ..training.optim import OptimizerSpec, build_optimizer
 from ..training.preemption import Preempted, Preemption
 from ..training.step_log import StepLogger
-from ..training.tracking import tracking_kwargs
 from ..utils.errors import ConfigError
 from ..utils.finite import NonFiniteTensorError
-from ..utils.io import append_jsonl, command_line, read_json, read_jsonl, rewrite_jsonl, write_json
-from ..utils.logging import lines_above_bars, log_to_file, setup_logging
-from . import push
-from .run_folder import (
-    check_output_dir,
-    check_resume_settings,
-    claim_output_dir,
-    is_foreign,
-    result_settings,
-    resume_target,
-)
+from ..utils.io import append_jsonl, command_line, read_jsonl, rewrite_jsonl, write_json
+from ..utils.logging import lines_above_bars, log_to_file
+from .frame import StageFrame
+from .run_folder import check_output_dir, check_resume_settings, claim_output_dir, result_settings, resume_target
 
 logger = logging.getLogger("cadel")
 
@@ -119,29 +109,25 @@ def evaluate_best_on_val(accelerator, model_dir: Path, data, loader_spec: Loader
 
 def run(cfg: RunConfig) -> dict:
     enable_fast_kernels()
-    trackers = tracking_kwargs(cfg.report_to, cfg.tracking_dir, Path(cfg.output_dir) / TRACKING)
-    accelerator = make_accelerator(gradient_accumulation_steps=cfg.grad_accum_steps,
-                                   mixed_precision=cfg.mixed_precision,
-                                   dynamo_backend="inductor" if cfg.torch_compile else None,
-                                   dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True), **trackers)
-    setup_logging(accelerator.is_main_process)
+    frame = StageFrame(cfg, Path(cfg.output_dir) / TRACKING, gradient_accumulation_steps=cfg.grad_accum_steps,
+                       mixed_precision=cfg.mixed_precision, dynamo_backend="inductor" if cfg.torch_compile else None,
+                       dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
+    accelerator = frame.accelerator
     # -- checks: nothing is written before they all pass ------------------------------------------------------
-    resume_path = resume_target(cfg)
-    foreign = resume_path is not None and is_foreign(resume_path, Path(cfg.output_dir))
-    check_output_dir(cfg, resuming=resume_path is not None, foreign=resume_path if foreign else None)
-    changes = check_resume_settings(cfg, read_meta(resume_path)) if resume_path is not None else []
-    info_path = Path(cfg.output_dir) / RUN_INFO_FILE
-    if resume_path is not None and not foreign and info_path.is_file():  # the changes of earlier resumes
-        changes = read_json(info_path).get("config_changes", []) + changes
+    resume = resume_target(cfg)
+    check_output_dir(cfg, resume)
+    changes = []
+    if resume is not None:  # the run's changes at earlier resumes (not those of another run's folder), then this one's
+        earlier = [] if resume.foreign else resume.run_info.get("config_changes", [])
+        changes = earlier + check_resume_settings(cfg, resume.meta)
     set_seed(cfg.seed)
-    with accelerator.main_process_first():
-        data = build_datasets(DataOptions.from_config(cfg))
+    data = frame.build_data()
     model = build_model(cfg, data)
     init = init_from_model(model, cfg.init_from) if cfg.init_from else None
     signature = signature_of(cfg, model.config)
-    if resume_path is not None:
-        check_signature(resume_path, signature)
-        cfg.run_id = read_json(resume_path / "cadel_checkpoint.json").get("run_id") or cfg.run_id
+    if resume is not None:
+        check_signature(resume.path, resume.meta, signature)
+        cfg.run_id = resume.meta.get("run_id") or cfg.run_id
     else:
         cfg.run_id = uuid.uuid4().hex[:12]
     if cfg.channels_last:
@@ -165,21 +151,21 @@ def run(cfg: RunConfig) -> dict:
     loss_fn = CascadeLoss.from_config(cfg, data.class_counts).to(accelerator.device)
     net = accelerator.unwrap_model(model)
     state = TrainState()
-    if resume_path is not None:
-        load_checkpoint(resume_path, accelerator, model, optimizer, state)
+    if resume is not None:
+        load_checkpoint(resume.path, accelerator, model, optimizer, state)
         if streamed and state.step_in_epoch:
             raise CheckpointError("a streamed run resumes from epoch boundaries only; resume from an end-of-epoch "
                                   "checkpoint (its cadel_checkpoint.json shows step_in_epoch 0)")
     # -- the run claims its folder ----------------------------------------------------------------------------
-    out = claim_output_dir(cfg, accelerator, resuming=resume_path is not None and not foreign)
+    out = claim_output_dir(cfg, accelerator, resume)
     log_path = out / TRAIN_LOG_FILE
     if accelerator.is_main_process:
         log_to_file(out / TEXT_LOG_FILE)
         cfg.save(out / CONFIG_FILE)
         write_json(out / RUN_INFO_FILE, {**run_info(cfg, data, accelerator, init), "config_changes": changes})
-        if resume_path is not None:  # drop records of epochs the resumed run redoes: one record per epoch
+        if resume is not None:  # drop records of epochs the resumed run redoes: one record per epoch
             rewrite_jsonl(log_path, [r for r in read_jsonl(log_path) if r["epoch"] < state.epoch])
-            logger.info("resumed from %s at epoch %d, step %d", resume_path, state.epoch, state.step_in_epoch)
+            logger.info("resumed from %s at epoch %d, step %d", resume.path, state.epoch, state.step_in_epoch)
         logger.info("%s cascade, parameters and MACs per image:\n%s", cfg.backbone,
                     model_summary(net, cfg.image_size))
     for note in [dropped_keys_note(cfg), init and init["summary"]] + data.notes:
@@ -189,7 +175,7 @@ def run(cfg: RunConfig) -> dict:
         from ..data.export import export_splits
         logger.info("exported the splits of this run to %s", export_splits(data, cfg.export_dataset, cfg.hub_token))
     meta = {**signature, "run_id": cfg.run_id, "epochs": cfg.epochs, "hparams": result_settings(cfg)}
-    tracking.start(accelerator, cfg.run_name or out.name, cfg.to_dict())
+    frame.start_tracking(out.name)
     log_step = StepLogger(accelerator, log_every=cfg.log_every, batch_size=cfg.batch_size, epochs=cfg.epochs,
                           steps_per_epoch=steps_per_epoch, start_step=state.global_step,
                           skipped_steps=lambda: state.skipped_steps)
@@ -253,7 +239,7 @@ def run(cfg: RunConfig) -> dict:
                 checkpoint()
     except (NonFiniteLossError, NonFiniteTensorError) as exc:
         last = latest_valid(out, cfg.run_id)
-        raise NonFiniteLossError(f"{exc}. Last good checkpoint: {last or 'none'}; best model so far: "
+        raise NonFiniteLossError(f"{exc}. Last good checkpoint: {last[0] if last else 'none'}; best model so far: "
                                  f"{out / BEST_MODEL if state.best_epoch else 'none'}") from exc
     if accelerator.is_main_process:
         save_model(net, out / LAST_MODEL, cfg, cfg.augmentation)
@@ -267,9 +253,7 @@ def run(cfg: RunConfig) -> dict:
         evaluate_best_on_val(accelerator, out / BEST_MODEL, data, loader_spec)
     if accelerator.is_main_process:
         write_json(out / STAGE1_SUMMARY_FILE, summary)
-        if cfg.push_to_hub:  # after every local file is final; a failed push keeps them and exits non-zero
-            push(cfg, out / BEST_MODEL)
+    frame.finish(upload=out / BEST_MODEL)
     logger.info("stage 1 done: best val top-1 %.2f%% at epoch %d; model in %s", 100 * state.best_metric,
                 state.best_epoch, out / BEST_MODEL)
-    accelerator.end_training()
     return summary

@@ -17,11 +17,9 @@ import shutil
 from pathlib import Path
 
 from ..config import RunConfig, load_run_config
-from ..data import DataOptions, build_datasets
 from ..data.loaders import LoaderSpec
-from ..inference import check_model_matches_data
 from ..metrics import format_table
-from ..modeling.factory import load_model, save_model
+from ..modeling.factory import save_model
 from ..posthoc import (
     pick_tau,
     rule_change_evidence,
@@ -33,7 +31,6 @@ from ..posthoc import (
 )
 from ..results import write_report
 from ..run_layout import (
-    BEST_MODEL,
     CONFIG_FILE,
     ENSEMBLE_FILE,
     STAGE1_SUMMARY_FILE,
@@ -44,13 +41,10 @@ from ..run_layout import (
     eval_dir,
     stage2_dir,
 )
-from ..training import tracking
-from ..training.accelerator import make_accelerator
-from ..training.tracking import tracking_kwargs
-from ..utils.errors import ConfigError, MissingInputError, OutputDirError
+from ..utils.errors import ConfigError, OutputDirError
 from ..utils.io import command_line, read_jsonl, write_json
-from ..utils.logging import setup_logging
-from . import crt, logit_adjustment, push
+from . import crt, logit_adjustment
+from .frame import StageFrame
 
 logger = logging.getLogger("cadel")
 
@@ -114,17 +108,16 @@ def stage1_progress(stage1: Path) -> dict:
             "epochs": epochs, "summary": summary}
 
 
-def run(cfg: RunConfig) -> dict:
+def run(cfg: RunConfig, model_dir: Path) -> dict:
+    """Stage 2 of the stage-1 run in ``--stage1_dir`` from its best model ``model_dir`` (located and checked by
+    ``cli.resolve_config``)."""
     if cfg.select_inference_rule and not cfg.exit_weight_step:  # flags alone: before data, forward passes, cRT
         raise ConfigError("--select_inference_rule chooses among the rules and the learned exit weights: it needs "
                           "--exit_weight_step > 0")
     stage1 = Path(cfg.stage1_dir)
     out = stage2_dir(stage1, cfg.stage2_method)
-    accelerator = make_accelerator(**tracking_kwargs(cfg.report_to, cfg.tracking_dir, out / TRACKING))
-    setup_logging(accelerator.is_main_process)
-    model_dir = stage1 / BEST_MODEL
-    if not (model_dir / "config.json").exists():
-        raise MissingInputError(f"{model_dir} has no model: run train_stage1.py with --output_dir {stage1} first")
+    frame = StageFrame(cfg, out / TRACKING)
+    accelerator = frame.accelerator
     if out.is_dir() and any(out.iterdir()) and not cfg.overwrite_output_dir:
         raise OutputDirError(f"{out} already holds a stage-2 result; pass --overwrite_output_dir to replace it")
     stage1_state = stage1_progress(stage1)
@@ -133,13 +126,11 @@ def run(cfg: RunConfig) -> dict:
                        "model so far; resume stage 1 (--resume_from_checkpoint latest) for the full run", stage1,
                        stage1_state["epochs_done"], stage1_state["epochs"] or 0,
                        "" if stage1_state["summary"] else ", no stage1_summary.json")
-    with accelerator.main_process_first():
-        data = build_datasets(DataOptions.from_config(cfg))
+    data = frame.build_data()
     if "val" not in data.splits:
         raise ConfigError(f"stage 2 chooses tau, epochs and exit weights on a 'val' split, which {cfg.dataset} "
                           f"lacks; give the dataset a validation split (e.g. --val_per_class)")
-    model = load_model(model_dir)
-    check_model_matches_data(model.config, data, str(model_dir))
+    model = frame.load_checked_model(model_dir, data)
     main_exits = selected_exits(len(model.aux_exits) + 1, model.config.resolved_inference_rule, cfg.eval_exits)
     loader_spec = LoaderSpec.from_config(cfg)
     method = METHODS[cfg.stage2_method]
@@ -181,7 +172,7 @@ def run(cfg: RunConfig) -> dict:
                            for name, r in results.items()}
         if accelerator.is_main_process:
             print("\ntest split:\n" + format_table(results))
-    tracking.start(accelerator, cfg.run_name or f"{Path(cfg.stage1_dir).name}_{out.name}", cfg.to_dict())
+    frame.start_tracking(f"{stage1.name}_{out.name}")
     for i, r in enumerate(sweep):  # the tau curve, one point per grid value
         accelerator.log({"stage2/tau": r["tau"], "stage2/val_top1_at_tau": r["top1"]}, step=i)
     accelerator.log({"stage2/chosen_tau": net.config.tau, "stage2/val_top1": summary["val_top1"]}, step=len(sweep))
@@ -191,8 +182,5 @@ def run(cfg: RunConfig) -> dict:
             write_json(out / STAGE2_MODEL / ENSEMBLE_FILE, {**ensemble, "selected_on": "val"})
         write_json(out / STAGE2_RESULTS_FILE, summary)
         logger.info("stage 2 done: model with tau=%g in %s", net.config.tau, out / STAGE2_MODEL)
-        if cfg.push_to_hub:  # after every local file is final; a failed push logs and keeps them
-            push(cfg, out / STAGE2_MODEL)
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
+    frame.finish(upload=out / STAGE2_MODEL)
     return summary

@@ -22,7 +22,7 @@ import random
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -94,8 +94,8 @@ def _shown(key, value):
     return value
 
 
-def check_signature(path: Path, expected: dict) -> None:
-    found = read_meta(path)
+def check_signature(path: Path, found: dict, expected: dict) -> None:
+    """Refuse to resume ``path`` (whose metadata is ``found``) when it was made with another ``expected`` value."""
     for key, value in expected.items():
         if key in found and found[key] != value:
             raise CheckpointError(
@@ -147,8 +147,9 @@ def list_checkpoints(output_dir) -> List[Path]:
     return sorted(p for p in checkpoint_root(output_dir).glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir())
 
 
-def latest_valid(output_dir, run_id: Optional[str]) -> Optional[Path]:
-    """The newest checkpoint of ``run_id`` that passes ``verify``; older ones stand in for corrupt ones (logged)."""
+def latest_valid(output_dir, run_id: Optional[str]) -> Optional[Tuple[Path, dict]]:
+    """The newest checkpoint of ``run_id`` that passes ``verify``, with its metadata; older ones stand in for corrupt
+    ones (logged)."""
     for path in reversed(list_checkpoints(output_dir)):
         try:
             meta = verify(path)
@@ -159,7 +160,7 @@ def latest_valid(output_dir, run_id: Optional[str]) -> Optional[Path]:
             logger.warning("skipping %s: it belongs to run %s, not to this folder's run %s", path.name,
                            meta.get("run_id"), run_id)
             continue
-        return path
+        return path, meta
     return None
 
 

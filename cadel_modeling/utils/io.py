@@ -13,13 +13,17 @@ from typing import Iterable, Mapping
 from .errors import DiskFullError
 
 
-def write_json(path, obj) -> None:
+def write_text_atomic(path, text: str) -> None:
+    """Write under a temporary name, then rename: a reader sees the old file or the new one, never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=2)
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def write_json(path, obj) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2))
 
 
 def free_bytes(folder) -> int:
@@ -66,10 +70,7 @@ def read_jsonl(path) -> list:
 
 def rewrite_jsonl(path, records: Iterable[Mapping]) -> None:
     """Replace a JSON-lines file atomically (e.g. dropping the records a resumed run will redo)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in records))
 
 
 def command_line() -> str:
