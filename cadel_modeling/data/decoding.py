@@ -124,8 +124,7 @@ def shortened(image: EncodedImage, reduction: int, extent: Optional[Tuple[float,
     along = ROWS_FROM_TOP.get(orientation(image.image))
     if extent is None or image.data is None or along is None:
         return None
-    rows = math.ceil(extent[along]) + ROWS_MARGIN * reduction
-    data = with_height(image.data, rows) if rows < image.image.height else None
+    data = with_height(image.data, math.ceil(extent[along]) + ROWS_MARGIN * reduction)
     return None if data is None else PILImage.open(io.BytesIO(data))
 
 
@@ -134,7 +133,10 @@ def with_height(data: bytes, height: int) -> Optional[bytes]:
     Huffman-coded JPEG (SOF0 / SOF1) of 1 or 3 components that is taller; None for any other file. libjpeg then
     decodes the first ``height`` rows as a full decode does (all but the last one or two, see ``ROWS_MARGIN``),
     and skips the rest of the scan data to the end marker. Progressive files need every scan for each row, so they
-    are left alone, like CMYK and anything this header walk does not recognise."""
+    are left alone, like CMYK and anything this header walk does not recognise. So is a file that does not end with
+    the end marker: one cut short must fail whatever its crop, as a full decode fails."""
+    if not data.endswith(b"\xff\xd9"):
+        return None
     pos = 2                                 # after the start-of-image marker
     while pos + 10 <= len(data) and data[pos] == 0xFF:
         marker = data[pos + 1]

@@ -97,9 +97,14 @@ class DecodeRandomResizedCrop(T.RandomResizedCrop):
         # a resize from a reduced image samples around the box, up to its filter's support (the box / output size
         # in reduced pixels, at least 1) beyond each edge: ``reach`` bounds that in full-size pixels
         reach = 0 if reduction == 1 else max(h, w) / min(self.size) + 2 * reduction
-        pixels, got = decode(image, reduction, extent=(left + w + reach, top + h + reach))
+        extent = (left + w + reach, top + h + reach)
+        pixels, got = decode(image, reduction, extent=extent)
         if got == 1:
             return F.resized_crop(pixels, top, left, h, w, self.size, self.interpolation, antialias=True)
+        # PIL's resize rounds differently with the image's width (its pass order), so it is given the extent alone:
+        # the same image whether or not the decode stopped early
+        pixels = pixels.crop((0, 0, min(pixels.width, math.ceil(extent[0] / got)),
+                              min(pixels.height, math.ceil(extent[1] / got))))
         box = (left / got, top / got, (left + w) / got, (top + h) / got)
         return pixels.resize((self.size[1], self.size[0]), PILImage.BILINEAR, box=box)
 
