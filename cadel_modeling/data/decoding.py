@@ -121,8 +121,10 @@ def shortened(image: EncodedImage, reduction: int, extent: Optional[Tuple[float,
     """The JPEG reopened to decode only the stored rows that ``extent`` reaches (see ``decode``), or None when that
     saves nothing or cannot be done: no extent, no bytes in memory, an orientation that puts the cut rows first, or a
     file ``with_height`` does not shorten."""
+    if extent is None or image.data is None:
+        return None
     along = ROWS_FROM_TOP.get(orientation(image.image))
-    if extent is None or image.data is None or along is None:
+    if along is None:
         return None
     data = with_height(image.data, math.ceil(extent[along]) + ROWS_MARGIN * reduction)
     return None if data is None else PILImage.open(io.BytesIO(data))
