@@ -8,7 +8,8 @@ in one run and alternating,
   * torchvision: ``ImageFolder`` + ``DataLoader`` (the baseline),
   * cadel: ``build_datasets(RunConfig(dataset="imagenet_lt", ...))`` + ``build_train_loader``, as training runs it
     (reduced-size JPEG decode on, the default),
-  * cadel full decode: the same with ``reduced_decode=False``,
+  * cadel full decode: the same with ``reduced_decode=False`` (no DCT scaling; JPEGs still stop decoding below the
+    crop, which changes no pixel),
   * cadel streamed: the same as cadel with ``--streaming true``.
 Each pass is one epoch; the clock starts at the first batch, so worker start-up is not counted. The best of
 ``--repeats`` epochs is reported (other load on the machine only ever slows a pass down); all passes go to the JSON.

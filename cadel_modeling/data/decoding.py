@@ -9,12 +9,15 @@
 * The EXIF orientation is applied (``ImageOps.exif_transpose``, as transformers' ``load_image`` does).
 
 JPEGs can be decoded at a reduced size (PIL's ``draft``: the DCT scales 1/2, 1/4, 1/8), which costs a fraction of
-the full decode; ``decode`` takes the reduction, the transforms choose it (``transforms.py``).
+the full decode; ``decode`` takes the reduction, the transforms choose it (``transforms.py``). A sequential JPEG can
+also stop below the rows its crop reads (``decode``'s ``extent``, ``with_height``): libjpeg decodes top to bottom,
+and those rows come out byte for byte as in a full decode.
 """
 from __future__ import annotations
 
 import io
 import logging
+import math
 from dataclasses import dataclass
 from typing import Optional, Tuple, Union
 
@@ -30,6 +33,14 @@ SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 REDUCTIONS = (8, 4, 2)                      # JPEG DCT scalings PIL's draft offers, largest first
 TRANSPOSED = (5, 6, 7, 8)                   # EXIF orientations that swap width and height
 CONSTANT_CHECK_IMAGES = 8                   # images per split that ``constant_images`` decodes
+SEQUENTIAL_FRAMES = (0xC0, 0xC1)            # JPEG frame markers of baseline and extended sequential Huffman coding
+OTHER_FRAMES = frozenset(range(0xC2, 0xD0)) - {0xC4, 0xC8, 0xCC}   # progressive, lossless, arithmetic (not DHT/DAC)
+UNSIZED_MARKERS = frozenset(range(0xD0, 0xDA)) | {0x01}          # RSTn, SOI, EOI, TEM: no length field
+ROWS_MARGIN = 8         # rows (at the decoded scale) decoded below the last one read: 4:2:0 chroma upsampling uses
+#                         the chroma row below, so the last row or two of a shortened decode differ from a full one
+# EXIF orientation -> which side of ``decode``'s extent (0: columns, 1: rows) the stored rows run along, for the
+# orientations that keep the stored top row at the upright image's top or left (the others would move the cut)
+ROWS_FROM_TOP = {1: 1, 2: 1, 5: 0, 8: 0}
 
 
 class UnreadableImageError(UserError, RuntimeError):
@@ -42,6 +53,7 @@ class EncodedImage:
 
     image: PILImage.Image
     source: str
+    data: Optional[bytes] = None            # the encoded file, when read into memory (``decode`` may shorten it)
 
     @property
     def upright_size(self) -> Tuple[int, int]:
@@ -71,7 +83,7 @@ def open_image(value) -> Union[EncodedImage, PILImage.Image]:
         if data is None:
             with open(path, "rb") as fh:
                 data = fh.read()
-        return EncodedImage(PILImage.open(io.BytesIO(data)), source)
+        return EncodedImage(PILImage.open(io.BytesIO(data)), source, data)
     except (OSError, ValueError, SyntaxError) as exc:
         raise UnreadableImageError(f"cannot read image {source}: {exc}") from exc
 
@@ -81,22 +93,69 @@ def reduction_for(width: float, height: float, needed: float) -> int:
     return next((r for r in REDUCTIONS if min(width, height) / r >= needed), 1)
 
 
-def decode(image: Union[EncodedImage, PILImage.Image], reduction: int = 1) -> Tuple[PILImage.Image, float]:
+def decode(image: Union[EncodedImage, PILImage.Image], reduction: int = 1,
+           extent: Optional[Tuple[float, float]] = None) -> Tuple[PILImage.Image, float]:
     """(upright 8-bit RGB image, the reduction it was decoded at). ``reduction`` > 1 asks a JPEG for a DCT-scaled
-    decode (other formats decode at full size, reported as reduction 1). Decoding errors name the source."""
+    decode (other formats decode at full size, reported as reduction 1). ``extent`` = (columns, rows) of the upright
+    full-size image from its top-left corner that the caller reads: a sequential JPEG then stops decoding
+    ``ROWS_MARGIN`` rows below them, and the image returned is shorter (or narrower, for a turned one); the pixels
+    inside the extent are those of a full decode. Decoding errors name the source."""
     if isinstance(image, PILImage.Image):
         return to_rgb(upright(image)), 1.0
     pil, got = image.image, 1.0
     try:
-        if reduction > 1 and pil.format == "JPEG":
+        if pil.format == "JPEG":
+            pil = shortened(image, reduction, extent) or pil
             width, height = pil.size
-            drafted = pil.draft(pil.mode, (width // reduction, height // reduction))
-            if drafted is not None:
-                got = width / drafted[1][2]
+            if reduction > 1:
+                drafted = pil.draft(pil.mode, (width // reduction, height // reduction))
+                if drafted is not None:
+                    got = width / drafted[1][2]
         pil.load()
         return to_rgb(upright(pil)), got
     except (OSError, ValueError, SyntaxError) as exc:
         raise UnreadableImageError(f"cannot read image {image.source}: {exc}") from exc
+
+
+def shortened(image: EncodedImage, reduction: int, extent: Optional[Tuple[float, float]]) -> Optional[PILImage.Image]:
+    """The JPEG reopened to decode only the stored rows that ``extent`` reaches (see ``decode``), or None when that
+    saves nothing or cannot be done: no extent, no bytes in memory, an orientation that puts the cut rows first, or a
+    file ``with_height`` does not shorten."""
+    if extent is None or image.data is None:
+        return None
+    along = ROWS_FROM_TOP.get(orientation(image.image))
+    if along is None:
+        return None
+    data = with_height(image.data, math.ceil(extent[along]) + ROWS_MARGIN * reduction)
+    return None if data is None else PILImage.open(io.BytesIO(data))
+
+
+def with_height(data: bytes, height: int) -> Optional[bytes]:
+    """The JPEG ``data`` with its frame header saying the image is ``height`` rows tall, for a sequential
+    Huffman-coded JPEG (SOF0 / SOF1) of 1 or 3 components that is taller; None for any other file. libjpeg then
+    decodes the first ``height`` rows as a full decode does (all but the last one or two, see ``ROWS_MARGIN``),
+    and skips the rest of the scan data to the end marker. Progressive files need every scan for each row, so they
+    are left alone, like CMYK and anything this header walk does not recognise. So is a file that does not end with
+    the end marker: one cut short must fail whatever its crop, as a full decode fails."""
+    if not data.endswith(b"\xff\xd9"):
+        return None
+    pos = 2                                 # after the start-of-image marker
+    while pos + 10 <= len(data) and data[pos] == 0xFF:
+        marker = data[pos + 1]
+        if marker in SEQUENTIAL_FRAMES:
+            # FF C0 | length (2) | precision (1) | height (2) | width (2) | components (1)
+            if data[pos + 9] not in (1, 3) or int.from_bytes(data[pos + 5:pos + 7], "big") <= height:
+                return None
+            return data[:pos + 5] + height.to_bytes(2, "big") + data[pos + 7:]
+        if marker in OTHER_FRAMES or marker == 0xDA:    # another coding, or a scan with no frame before it
+            return None
+        if marker == 0xFF:                  # fill byte
+            pos += 1
+        elif marker in UNSIZED_MARKERS:
+            pos += 2
+        else:
+            pos += 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+    return None
 
 
 def upright(image: PILImage.Image) -> PILImage.Image:
@@ -118,14 +177,18 @@ def to_rgb(image: PILImage.Image) -> PILImage.Image:
     return image.convert("RGB")
 
 
+def decode_for_side(image: Union[EncodedImage, PILImage.Image], min_side: Optional[int]) -> PILImage.Image:
+    """Decode; a JPEG at the largest DCT reduction that keeps both sides >= ``min_side`` (full size with None)."""
+    reduction = 1
+    if min_side is not None and isinstance(image, EncodedImage):
+        reduction = reduction_for(*image.image.size, min_side)
+    return decode(image, reduction)[0]
+
+
 def load_image(value, min_side: Optional[int] = None) -> PILImage.Image:
     """Decode one image cell now (a truncated file fails here and names its path) to upright 8-bit RGB. With
     ``min_side`` a JPEG decodes at the largest reduction that keeps both sides >= it (for checks, not training)."""
-    opened = open_image(value)
-    reduction = 1
-    if min_side is not None and isinstance(opened, EncodedImage):
-        reduction = reduction_for(*opened.image.size, min_side)
-    return decode(opened, reduction)[0]
+    return decode_for_side(open_image(value), min_side)
 
 
 def constant_images(cells, limit: int = CONSTANT_CHECK_IMAGES) -> Optional[int]:

@@ -19,8 +19,8 @@ from .samplers import make_sampler
 from .streaming import min_examples_per_process, split_for_process
 from .transforms import (
     EpochSeededAugmentation,
+    NormalizingCollate,
     build_transform,
-    collate,
     map_image_transform,
     with_image_transform,
 )
@@ -72,7 +72,8 @@ def build_train_loader(data, spec: LoaderSpec, num_processes: int, process_index
     """
     batch = per_process_batch(spec.batch_size, num_processes, spec.grad_accum_steps)
     tfm = build_transform(True, spec.image_size, data.mean, data.std, spec.augmentation,
-                          data.train_color_jitter(spec.color_jitter), spec.hflip, spec.reduced_decode)
+                          data.train_color_jitter(spec.color_jitter), spec.hflip, spec.reduced_decode, normalize=False)
+    collate = NormalizingCollate(data.mean, data.std)
     policy = {"bad_image_policy": spec.bad_image_policy, "skipped": data.skipped_images}
     if is_streamed(data.train):
         if spec.sampler != "instance":
@@ -120,9 +121,9 @@ def build_eval_loader(data, split: str, spec: LoaderSpec, num_processes: int) ->
     if split not in data.splits:
         raise ConfigError(f"split {split!r} does not exist for this dataset; available: {sorted(data.splits)}")
     tfm = build_transform(False, spec.image_size, data.mean, data.std, spec.augmentation, spec.color_jitter,
-                          reduced_decode=spec.reduced_decode)
+                          reduced_decode=spec.reduced_decode, normalize=False)
     ds = with_image_transform(data.splits[split], tfm, data.image_column, data.label_column,
                               bad_image_policy=spec.bad_image_policy, skipped=data.skipped_images)
     bs = max(1, spec.eval_batch_size // num_processes)
-    return DataLoader(ds, batch_size=bs, shuffle=False, collate_fn=collate, num_workers=spec.num_workers,
-                      pin_memory=torch.cuda.is_available())
+    return DataLoader(ds, batch_size=bs, shuffle=False, collate_fn=NormalizingCollate(data.mean, data.std),
+                      num_workers=spec.num_workers, pin_memory=torch.cuda.is_available())

@@ -7,8 +7,9 @@ stops the run with its path (``bad_image_policy="fail"``) or is skipped, logged 
 from __future__ import annotations
 
 import logging
+import math
 import random
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -17,7 +18,7 @@ from PIL import ImageStat
 from torchvision import transforms as T
 from torchvision.transforms import functional as F
 
-from .decoding import EncodedImage, UnreadableImageError, decode, open_image, reduction_for
+from .decoding import EncodedImage, UnreadableImageError, decode, decode_for_side, open_image, reduction_for
 
 logger = logging.getLogger(__name__)
 
@@ -34,16 +35,18 @@ REPLACEMENT_TRIES = 20
 
 def build_transform(train: bool, image_size: int, mean: Sequence[float], std: Sequence[float],
                     augmentation: str = "imagenet", color_jitter: float = 0.4, hflip: bool = True,
-                    reduced_decode: bool = True) -> Callable:
+                    reduced_decode: bool = True, normalize: bool = True) -> Callable:
     """'imagenet': RandomResizedCrop + flip (+ ColorJitter) for training, Resize(size*256/224) + CenterCrop for
     evaluation. 'small' (28-32 px data): resize, pad-size/8 random crop + flip. 'none': resize only. ``hflip=False``
     drops the flips (digits, text: a mirrored image is another class or none).
 
     The first step decodes (an image opened by ``decoding.open_image``, or a PIL image): with ``reduced_decode`` a
     JPEG at the largest DCT reduction that still leaves the next resize at least the pixels it outputs
-    (``DecodeRandomResizedCrop``, ``Decode``); without, always at full size."""
+    (``DecodeRandomResizedCrop``, ``Decode``); without, always at full size. The last step makes the normalised
+    float tensor, or with ``normalize=False`` a uint8 tensor that ``NormalizingCollate`` normalises into the batch
+    (what the loaders do: one pass over each image's floats instead of two)."""
     flip = [T.RandomHorizontalFlip()] if hflip else []
-    to_tensor = [ToNormalizedTensor(mean, std)]
+    to_tensor = [ToNormalizedTensor(mean, std) if normalize else pixel_tensor]
     if augmentation == "imagenet":
         if not train:
             shorter = round(image_size * 256 / 224)
@@ -67,10 +70,7 @@ class Decode:
         self.min_side = min_side
 
     def __call__(self, image) -> PILImage.Image:
-        reduction = 1
-        if self.min_side is not None and isinstance(image, EncodedImage):
-            reduction = reduction_for(*image.image.size, self.min_side)
-        return decode(image, reduction)[0]
+        return decode_for_side(image, self.min_side)
 
 
 class DecodeRandomResizedCrop(T.RandomResizedCrop):
@@ -80,7 +80,8 @@ class DecodeRandomResizedCrop(T.RandomResizedCrop):
     the crop distribution is unchanged. A JPEG is then decoded at the largest DCT reduction (1/2, 1/4, 1/8) that
     leaves the box at least the output size, and the box, mapped to the reduced image, is resized to the output in
     one step. A box under twice the output size (every box of a 500x375 image at 224 px) decodes at full size, and
-    then the pixels are torchvision's.
+    then the pixels are torchvision's. Either way a sequential JPEG stops decoding a few rows below what the resize
+    reads (``decode``'s extent), which changes no pixel of the crop.
     """
 
     def __init__(self, size: int, reduced_decode: bool = True):
@@ -93,25 +94,39 @@ class DecodeRandomResizedCrop(T.RandomResizedCrop):
         width, height = image.upright_size
         top, left, h, w = self.get_params(torch.empty((3, height, width), device="meta"), self.scale, self.ratio)
         reduction = reduction_for(w, h, max(self.size)) if self.reduced_decode else 1
-        pixels, got = decode(image, reduction)
+        # a resize from a reduced image samples around the box, up to its filter's support (the box / output size
+        # in reduced pixels, at least 1) beyond each edge: ``reach`` bounds that in full-size pixels
+        reach = 0 if reduction == 1 else max(h, w) / min(self.size) + 2 * reduction
+        extent = (left + w + reach, top + h + reach)
+        pixels, got = decode(image, reduction, extent=extent)
         if got == 1:
             return F.resized_crop(pixels, top, left, h, w, self.size, self.interpolation, antialias=True)
+        # PIL's resize rounds differently with the image's width (its pass order), so it is given the extent alone:
+        # the same image whether or not the decode stopped early
+        pixels = pixels.crop((0, 0, min(pixels.width, math.ceil(extent[0] / got)),
+                              min(pixels.height, math.ceil(extent[1] / got))))
         box = (left / got, top / got, (left + w) / got, (top + h) / got)
         return pixels.resize((self.size[1], self.size[0]), PILImage.BILINEAR, box=box)
 
 
+def pixel_tensor(image: PILImage.Image) -> torch.Tensor:
+    """An RGB image as a uint8 (3, H, W) tensor: a channels-first view of one copy of its pixels."""
+    return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
+
+
 class ToNormalizedTensor:
     """``ToTensor`` + ``Normalize`` in two passes (x * 1/(255 std) - mean/std) instead of seven allocating ones; the
-    values differ from torchvision's (x / 255 - mean) / std in the last float32 bits only."""
+    values differ from torchvision's (x / 255 - mean) / std in the last float32 bits only. Takes an RGB image or
+    its ``pixel_tensor``; ``out`` is where to write (a slice of a batch), else a new tensor."""
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]):
         mean, std = torch.tensor(mean, dtype=torch.float64), torch.tensor(std, dtype=torch.float64)
         self.scale = (1 / (255 * std)).float().view(-1, 1, 1)
         self.shift = (mean / std).float().view(-1, 1, 1)
 
-    def __call__(self, image: PILImage.Image) -> torch.Tensor:
-        pixels = torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1)
-        out = torch.empty(pixels.shape, dtype=torch.float32)
+    def __call__(self, image, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+        pixels = image if isinstance(image, torch.Tensor) else pixel_tensor(image)
+        out = torch.empty(pixels.shape, dtype=torch.float32) if out is None else out
         return torch.mul(pixels, self.scale, out=out).sub_(self.shift)   # layout, dtype and scale in one pass
 
 
@@ -125,15 +140,21 @@ class LutColorJitter(T.ColorJitter):
                                                                        self.saturation, self.hue)
         for index in order.tolist():
             if index == 0 and brightness is not None:
-                image = image.point(blend_table(0, brightness) * len(image.getbands()))
+                image = look_up(image, blend_table(0, brightness))
             elif index == 1 and contrast is not None:
                 mean = int(ImageStat.Stat(image.convert("L")).mean[0] + 0.5)   # as ImageEnhance.Contrast
-                image = image.point(blend_table(mean, contrast) * len(image.getbands()))
+                image = look_up(image, blend_table(mean, contrast))
             elif index == 2 and saturation is not None:
                 image = F.adjust_saturation(image, saturation)
             elif index == 3 and hue is not None:
                 image = F.adjust_hue(image, hue)
         return image
+
+
+def look_up(image: PILImage.Image, table: list) -> PILImage.Image:
+    """``image.point(table)`` for every band of an 8-bit image, by PIL's own table lookup. ``point`` itself first
+    rounds each of the 768 entries in Python (a sixth of the jitter's time), which integers do not need."""
+    return image._new(image.im.point(table * len(image.getbands()), None))
 
 
 def blend_table(degenerate: int, factor: float) -> list:
@@ -267,8 +288,27 @@ class EpochSeededAugmentation(torch.utils.data.Dataset):
                 random.setstate(state)
 
 
-def collate(examples) -> dict:
-    """In a DataLoader worker the images are stacked straight into shared memory (``default_collate``), so the batch
-    reaches the main process without another copy."""
-    return {"pixel_values": torch.utils.data.default_collate([e["pixel_values"] for e in examples]),
-            "labels": torch.tensor([e["labels"] for e in examples], dtype=torch.long)}
+class NormalizingCollate:
+    """The DataLoader's ``collate_fn`` for ``build_transform(..., normalize=False)``: the examples' uint8 pixels
+    are normalised (``ToNormalizedTensor``) straight into the batch tensor, in shared memory in a DataLoader worker
+    (as ``default_collate`` stacks), so it reaches the main process without another copy. Normalising each image
+    to floats and then stacking them writes and reads every float twice more."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+        self.normalize = ToNormalizedTensor(mean, std)
+
+    def __call__(self, examples) -> dict:
+        pixels = [e["pixel_values"] for e in examples]
+        batch = float_batch((len(pixels), *pixels[0].shape))
+        for image, out in zip(pixels, batch):
+            self.normalize(image, out=out)
+        return {"pixel_values": batch, "labels": torch.tensor([e["labels"] for e in examples], dtype=torch.long)}
+
+
+def float_batch(shape: Tuple[int, ...]) -> torch.Tensor:
+    """An uninitialised float32 tensor; in a DataLoader worker, in shared memory (allocated as ``default_collate``
+    allocates its output there)."""
+    if torch.utils.data.get_worker_info() is None:
+        return torch.empty(shape, dtype=torch.float32)
+    elem = torch.empty(0, dtype=torch.float32)
+    return elem.new(elem._typed_storage()._new_shared(math.prod(shape))).resize_(shape)
