@@ -190,20 +190,24 @@ def test_flags_are_read_at_once_on_the_cpu_and_two_steps_late_on_an_accelerator(
 
 
 def test_a_skipped_step_leaves_weights_buffers_and_optimizer_exactly_as_before():
-    """Two epochs from the same start: one step, and that step plus a step whose loss is NaN. The states match.
-    The blocking fallback (an optimizer that cannot read ``found_inf``) leaves them as well."""
+    """Two epochs from the same start: one step, and that step plus a step whose loss is NaN. The states match:
+    with the fused optimizer (skipped on the device), the same wrapped by accelerate (``found_inf`` goes to the
+    optimizer inside), and a plain one that cannot read ``found_inf`` (the blocking fallback)."""
     accelerator = make_accelerator()
     gen = torch.Generator().manual_seed(0)
     batches = [{"pixel_values": torch.randn(8, 3, 32, 32, generator=gen), "labels": torch.arange(8) % 4}
                for _ in range(2)]
     cfg = RunConfig(backbone="test_resnet", image_size=32, aux_head="light", epochs=2, mixup_alpha=0.0, lr=0.1)
 
-    def run_steps(steps, nan_at=None, plain=False):
+    def run_steps(steps, nan_at=None, kind="fused"):
         torch.manual_seed(0)
         model = CadelForImageClassification(CadelConfig(backbone="test_resnet", num_labels=4, image_size=32,
                                                         aux_head="light", class_counts=[4, 3, 2, 1]))
-        optimizer = (torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9) if plain
+        optimizer = (torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9) if kind == "plain"
                      else build_optimizer(model, OptimizerSpec.from_config(cfg)))
+        assert loop.supports_device_skip(optimizer) is (kind != "plain")
+        if kind == "wrapped":
+            optimizer = accelerator.prepare(optimizer)
         calls = {"n": 0}
         base = CascadeLoss()
 
@@ -217,9 +221,9 @@ def test_a_skipped_step_leaves_weights_buffers_and_optimizer_exactly_as_before()
                                      loop.LoopOptions.from_config(cfg), state, steps_per_epoch=steps)
         return model.state_dict(), optimizer.state_dict()["state"], state, stats
 
-    for plain in (False, True):
-        ref_model, ref_opt, _, ref_stats = run_steps(1, plain=plain)
-        got_model, got_opt, state, stats = run_steps(2, nan_at=2, plain=plain)
+    for kind in ("fused", "wrapped", "plain"):
+        ref_model, ref_opt, _, ref_stats = run_steps(1, kind=kind)
+        got_model, got_opt, state, stats = run_steps(2, nan_at=2, kind=kind)
         assert state.skipped_steps == 1 and stats["steps_taken"] == 1
         assert stats["train_loss"] == ref_stats["train_loss"]
         assert ref_model.keys() == got_model.keys() and any("running_mean" in k for k in ref_model)
