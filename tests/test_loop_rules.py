@@ -41,7 +41,10 @@ class Scripted:
 
     def __call__(self, exit_logits, y_a, y_b, lam, T):
         self.calls.append({"T": T, "lam": lam, "y_a": y_a, "y_b": y_b})
-        return exit_logits[-1].sum() * 0 + self.values[len(self.calls) - 1]
+        value, z = self.values[len(self.calls) - 1], exit_logits[-1]
+        if value == "overflow":  # a finite loss (0) whose gradient is infinite: d sqrt(u)/du at u = 0
+            return (z - z.detach()).sqrt().sum()
+        return z.sum() * 0 + value
 
 
 def run(values, steps_per_epoch=None, state=None, loader=None, on_checkpoint=None, model=None, **settings):
@@ -231,3 +234,60 @@ def test_a_skipped_step_leaves_weights_buffers_and_optimizer_exactly_as_before()
             assert torch.equal(ref_model[name], got_model[name]), name
         for index in ref_opt:
             assert all(torch.equal(ref_opt[index][k], got_opt[index][k]) for k in ref_opt[index]), index
+
+
+def test_a_non_finite_micro_batch_skips_its_whole_step():
+    r = run([NAN, 1.0, 2.0, 4.0], grad_accum_steps=2)
+    assert [x.skipped for x in r.records] == [True, False] and r.stats["train_loss"] == 3.0
+
+
+def test_a_finite_loss_whose_gradient_overflows_is_skipped_too():
+    model = tiny_model()
+    r = run([1.0, "overflow", 2.0], model=model)
+    assert [x.skipped for x in r.records] == [False, True, False] and r.state.skipped_steps == 1
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_each_steps_record_carries_the_losss_mean_cascade_weight_per_exit():
+    loss = Scripted([1.0, 2.0])
+    loss.last_mean_weight = torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64)
+    records, model = [], tiny_model()
+    loop.train_one_epoch(model, make_batches(2), build_optimizer(model, OptimizerSpec()), loss,
+                         make_accelerator(), loop.LoopOptions(schedule=LRSchedule("cosine_epoch", 0.1, 2), epochs=2),
+                         TrainState(), steps_per_epoch=2, on_step=records.append)
+    assert [x.mean_weights for x in records] == [[0.25, 0.5, 0.75]] * 2
+
+
+def test_the_bar_counts_this_epochs_steps_from_where_it_resumes_and_prepare_batch_feeds_the_model(monkeypatch):
+    bars = []
+
+    class Bar:
+        def __init__(self, **kwargs):
+            self.kwargs, self.updates, self.closed = kwargs, 0, False
+            bars.append(self)
+
+        def update(self, n):
+            self.updates += n
+
+        def close(self):
+            self.closed = True
+
+    monkeypatch.setattr(loop, "progress", lambda **kwargs: Bar(**kwargs))
+    model = tiny_model()
+    inputs = []
+    model.register_forward_pre_hook(lambda m, args, kwargs: inputs.append(kwargs["pixel_values"]), with_kwargs=True)
+    prepared = []
+
+    def prepare_batch(batch):
+        prepared.append(batch)
+        return batch["pixel_values"] + 1
+    batches = make_batches(4)
+    loader = DataLoader(batches, batch_size=1, collate_fn=lambda items: items[0])
+    cfg = RunConfig(backbone="test_resnet", image_size=32, aux_head="light", epochs=5, mixup_alpha=0.0)
+    loop.train_one_epoch(model, loader, build_optimizer(model, OptimizerSpec.from_config(cfg)), Scripted([1.0, 2.0]),
+                         make_accelerator(), loop.LoopOptions.from_config(cfg), TrainState(epoch=3, step_in_epoch=2),
+                         steps_per_epoch=4, prepare_batch=prepare_batch)
+    assert [(b.kwargs, b.updates, b.closed) for b in bars] == [
+        ({"total": 4, "initial": 2, "desc": "epoch 3/5", "main": True}, 2, True)]
+    assert [b["index"][0].item() for b in prepared] == [2, 3]
+    assert all(torch.equal(x, b["pixel_values"] + 1) for x, b in zip(inputs, batches[2:])) and len(inputs) == 2
