@@ -291,3 +291,32 @@ def test_the_bar_counts_this_epochs_steps_from_where_it_resumes_and_prepare_batc
         ({"total": 4, "initial": 2, "desc": "epoch 3/5", "main": True}, 2, True)]
     assert [b["index"][0].item() for b in prepared] == [2, 3]
     assert all(torch.equal(x, b["pixel_values"] + 1) for x, b in zip(inputs, batches[2:])) and len(inputs) == 2
+
+
+def test_a_stop_at_a_checkpoint_step_ends_the_epoch_keeping_its_running_loss():
+    """The signal arrives during step 1, so step 2 carries it, and step 2 is a checkpointing step: the epoch ends
+    there without that checkpoint (the stage writes the signal's own), returns its numbers and keeps the epoch's
+    running loss for the resume."""
+    from cadel_modeling.training.preemption import Preemption
+    preemption = Preemption()
+    checkpoints, state = [], TrainState()
+
+    def on_checkpoint():
+        checkpoints.append(state.global_step)
+
+    class Signal(Scripted):
+        def __call__(self, *args):
+            if not self.calls:
+                preemption.requested = True      # the handler ran during step 1's work
+            return super().__call__(*args)
+
+    cfg = RunConfig(backbone="test_resnet", image_size=32, aux_head="light", epochs=2, mixup_alpha=0.0,
+                    checkpointing_steps=2)
+    model = tiny_model()
+    preemption.requested = False
+    stats = loop.train_one_epoch(model, make_batches(4), build_optimizer(model, OptimizerSpec.from_config(cfg)),
+                                 Signal([1.0, 2.0, 3.0, 4.0]), make_accelerator(), loop.LoopOptions.from_config(cfg),
+                                 state, steps_per_epoch=4, preemption=preemption, on_checkpoint=on_checkpoint)
+    assert checkpoints == [] and preemption.requested
+    assert stats["steps_taken"] == 2 and stats["train_loss"] == 1.5
+    assert (state.global_step, state.epoch_loss_sum, state.epoch_loss_count, state.epoch_images) == (2, 3.0, 2, 4)
