@@ -181,6 +181,7 @@ def test_accelerate_launch_with_two_processes_reads_each_image_once(tmp_path):
     (36, 3, 2, 24),     # base 6: 48 > 36, 24 fits
     (5, 2, 2, 4),       # base 4: only 4 x 1 fits
     (3, 2, 2, 2),       # not even one shard per worker: one per process
+    (2, 2, 2, 2),       # exactly one example per process: one shard each
     (1, 2, 2, 1),       # fewer examples than processes: one shard
 ])
 def test_default_shard_count_is_the_largest_multiple_of_processes_times_workers_that_fits(
@@ -195,7 +196,7 @@ def test_default_shard_count_is_the_largest_multiple_of_processes_times_workers_
     (100, 3, 2, 1, 49),   # not dividing: every 2nd example, one worker short by 1: (100 - 1) // 2
     (101, 3, 2, 4, 48),   # 4 workers each short by 1: (101 - 4) // 2
     (100, 6, 4, 3, 22),   # (100 - 3 x 3) // 4 = 91 // 4
-    (100, 3, 2, 0, 49),   # no worker processes: one reader
+    (101, 3, 2, 0, 50),   # no worker processes: one reader, short by 1: (101 - 1) // 2
 ])
 def test_fewest_examples_per_process_is_exact_and_an_int(num_examples, num_shards, num_processes, num_workers,
                                                          expected):

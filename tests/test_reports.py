@@ -1,6 +1,6 @@
 """The reports' exact text (results table, per-class CSV, length errors) and the per-class plot's content: what is
 drawn where, read back from the matplotlib Figure's artists. The plot's styling (colours, alpha, line widths, font
-sizes, alignment, legend frame) is not pinned: docs/testing.md lists those lines as excluded from mutation."""
+sizes, alignment, legend frame: ``PLOT_STYLE``) is not pinned: docs/testing.md lists it as excluded from mutation."""
 import math
 
 import pytest
@@ -64,7 +64,9 @@ def test_the_plot_draws_each_class_in_its_slot_on_fixed_axes(tmp_path, figures):
     assert ax.patches[0].get_data().edges.tolist() == [-0.5, 0.5, 1.5, 2.5, 3.5, 4.5]   # one slot per class
     untested = [line for line in ax.lines if line.get_marker() == "x"][0]
     assert untested.get_xdata().tolist() == [2] and untested.get_ydata().tolist() == [0]
-    assert ax.get_xlim() == (-0.5, 4.5) and ax.get_yticks().tolist() == [0, 20, 40, 60, 80, 100]
+    assert ax.get_xlim() == (-0.5, 4.5) and ax.get_ylim() == (0, 125)
+    assert ax.get_yticks().tolist() == [0, 20, 40, 60, 80, 100]
+    assert figures[0].legends[0]._ncols == 3                                            # one row
     assert count_ax.lines[0].get_xdata().tolist() == [0, 1, 2, 3, 4]
     assert count_ax.get_ylabel() == "training images (log scale)"
     assert [t.get_position() for t in ax.texts] == [(0.5, 123), (2.0, 123), (3.5, 123)]   # above the 100% tick
@@ -74,15 +76,20 @@ def test_the_plot_draws_each_class_in_its_slot_on_fixed_axes(tmp_path, figures):
 def test_the_plot_keeps_class_order_on_equal_counts_and_labels_up_to_30_classes(tmp_path, figures):
     plot_per_class_accuracy(tmp_path / "p.png", [0.1, 0.2, 0.3, 0.4], [5, 9, 5, 9], "t", ["a", "b", "c", "d"])
     assert [t.get_text() for t in figures[0].axes[0].get_xticklabels()] == ["b", "d", "a", "c"]
+    accuracy = [i / 100 for i in range(40)]     # 40 classes: numpy's default sort would reorder equal counts
+    plot_per_class_accuracy(tmp_path / "p.png", accuracy, [5, 9] * 20, "t")
+    bars = figures.pop().axes[0].patches[0].get_data().values
+    assert bars.tolist() == [100 * accuracy[i] for i in [*range(1, 40, 2), *range(0, 40, 2)]]   # 9s, then 5s
     plot_per_class_accuracy(tmp_path / "p.png", [0.5] * 30, list(range(30, 0, -1)), "t")
     assert [t.get_text() for t in figures[1].axes[0].get_xticklabels()] == [str(i) for i in range(30)]
     assert figures[1].axes[0].get_xlabel() == ""
 
 
 def test_the_plot_uses_the_given_thresholds_and_skips_empty_groups(tmp_path, figures):
-    plot_per_class_accuracy(tmp_path / "p.png", [1.0, 0.5, 0.0], [60, 40, 4], "t", many_threshold=50,
-                            few_threshold=5)
+    plot_per_class_accuracy(tmp_path / "p.png", [1.0, 0.5, 0.0], [60, 10, 4], "t", many_threshold=50,
+                            few_threshold=5)                 # 10 is medium here, few at the default 20
     ax = figures[0].axes[0]
+    assert [line.get_xdata()[0] for line in ax.lines if line.get_linestyle() == ":"] == [0.5, 1.5]
     assert [t.get_text() for t in ax.texts] == [
         "Many (>50)\n1 classes\nmean 100.0%", "Medium (5-50)\n1 classes\nmean 50.0%", "Few (<5)\n1 classes\nmean 0.0%"]
     plot_per_class_accuracy(tmp_path / "p.png", [1.0, 0.5], [8, 4], "t")   # both few at the default thresholds
@@ -97,3 +104,5 @@ def test_the_count_axis_of_classes_without_training_images_still_has_a_range(tmp
     plot_per_class_accuracy(tmp_path / "p.png", [0.5, 0.5], [0, 0], "t")
     low, high = figures[0].axes[1].get_ylim()
     assert low == 0.5 and math.isclose(high, 0.5 * 2 ** 1.25)        # the max count is taken as at least 1
+    plot_per_class_accuracy(tmp_path / "p.png", [0.5] * 3, [0, 1, 4], "t")
+    assert figures[1].axes[1].get_ylim()[0] == 1 / 1.5               # the smallest count above 0
