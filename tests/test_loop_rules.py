@@ -320,3 +320,27 @@ def test_a_stop_at_a_checkpoint_step_ends_the_epoch_keeping_its_running_loss():
     assert checkpoints == [] and preemption.requested
     assert stats["steps_taken"] == 2 and stats["train_loss"] == 1.5
     assert (state.global_step, state.epoch_loss_sum, state.epoch_loss_count, state.epoch_images) == (2, 3.0, 2, 4)
+
+
+def test_each_step_trains_with_its_own_warmup_learning_rate_and_the_epoch_reports_its_first():
+    r = run([1.0, 2.0, 3.0, 4.0], scheduler="warmup_cosine", warmup_epochs=2, epochs=4)
+    schedule = LRSchedule("warmup_cosine", 0.025, 4, 0.0, 2)
+    assert [x.lr for x in r.records] == [schedule.at(1, step, 4) for step in range(4)]
+    assert len({x.lr for x in r.records}) == 4 and r.stats["lr"] == schedule.at(1, 0, 4)
+
+
+def test_one_step_has_its_own_loss_and_an_epoch_of_skipped_steps_has_none():
+    assert run([3.0]).stats["train_loss"] == 3.0
+    r = run([NAN, NAN])
+    assert r.stats["steps_taken"] == 0 and math.isnan(r.stats["train_loss"])
+
+
+def test_a_resumed_epoch_with_accumulation_skips_its_steps_micro_batches(monkeypatch):
+    batches = make_batches(6)
+    loader = DataLoader(batches, batch_size=1, collate_fn=lambda items: items[0])
+    seen, original = [], loop.mixup_batch
+    monkeypatch.setattr(loop, "mixup_batch", lambda x, *args: seen.append(x) or original(x, *args))
+    r = run([1.0, 3.0, 5.0, 7.0], steps_per_epoch=3, grad_accum_steps=2, loader=loader,
+            state=TrainState(epoch=1, step_in_epoch=1, global_step=1, epoch_loss_sum=2.0, epoch_loss_count=2))
+    assert [(x.global_step, x.loss) for x in r.records] == [(2, 2.0), (3, 6.0)]
+    assert len(seen) == 4 and all(torch.equal(x, b["pixel_values"]) for x, b in zip(seen, batches[2:]))
