@@ -170,3 +170,104 @@ def test_accelerate_launch_with_two_processes_reads_each_image_once(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     epochs = [line for line in result.stdout.splitlines() if line.startswith("EPOCH")]
     assert epochs == [f"EPOCH {e} {list(range(36))} 2" for e in (0, 1)]
+
+
+# The shard arithmetic and the shuffle's seed, pinned without launching processes (the launches above are slow)
+
+@pytest.mark.parametrize("num_examples, num_processes, num_workers, expected", [
+    (100, 1, 0, 8),     # no worker processes count as one reader: 1 x 8
+    (10, 2, 1, 8),      # 2 x 8 = 16 > 10, 2 x 4 = 8 fits
+    (16, 2, 1, 16),     # exactly enough for 2 x 8
+    (36, 3, 2, 24),     # base 6: 48 > 36, 24 fits
+    (5, 2, 2, 4),       # base 4: only 4 x 1 fits
+    (3, 2, 2, 2),       # not even one shard per worker: one per process
+    (2, 2, 2, 2),       # exactly one example per process: one shard each
+    (1, 2, 2, 1),       # fewer examples than processes: one shard
+])
+def test_default_shard_count_is_the_largest_multiple_of_processes_times_workers_that_fits(
+        num_examples, num_processes, num_workers, expected):
+    from cadel_modeling.data.streaming import default_num_shards
+    assert default_num_shards(num_examples, num_processes, num_workers) == expected
+
+
+@pytest.mark.parametrize("num_examples, num_shards, num_processes, num_workers, expected", [
+    (100, 8, 2, 1, 48),   # whole shards: 4 shards each of at least 100 // 8 = 12 rows
+    (100, 9, 3, 2, 33),   # 3 shards each of at least 11
+    (100, 3, 2, 1, 49),   # not dividing: every 2nd example, one worker short by 1: (100 - 1) // 2
+    (101, 3, 2, 4, 48),   # 4 workers each short by 1: (101 - 4) // 2
+    (100, 6, 4, 3, 22),   # (100 - 3 x 3) // 4 = 91 // 4
+    (101, 3, 2, 0, 50),   # no worker processes: one reader, short by 1: (101 - 1) // 2
+])
+def test_fewest_examples_per_process_is_exact_and_an_int(num_examples, num_shards, num_processes, num_workers,
+                                                         expected):
+    from cadel_modeling.data.streaming import min_examples_per_process
+    got = min_examples_per_process(num_examples, num_shards, num_processes, num_workers)
+    assert got == expected and type(got) is int     # a step count: 48.0 would break range()
+
+
+def test_world_size_is_read_from_the_launchers_environment(monkeypatch):
+    from cadel_modeling.data.streaming import world_size
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    assert world_size() == 3
+    monkeypatch.delenv("WORLD_SIZE")
+    assert world_size() == 1
+
+
+def test_the_shard_count_divides_by_the_launched_processes(monkeypatch):
+    from types import SimpleNamespace
+
+    from datasets import Dataset
+
+    from cadel_modeling.data.streaming import stream_train_split
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    train = Dataset.from_dict({"i": np.arange(36)})
+    stream = stream_train_split(train, SimpleNamespace(seed=0, num_workers=2, shuffle_buffer=4))
+    assert stream.num_shards == 24                  # 3 processes x 2 workers x 4 (x 8 = 48 > 36 rows)
+
+
+def test_a_split_shard_count_warns_with_the_fix_and_a_dividing_one_does_not(caplog):
+    from datasets import Dataset
+    rows = Dataset.from_dict({"i": np.arange(12)})
+    with caplog.at_level(logging.WARNING):
+        split_for_process(rows.to_iterable_dataset(num_shards=4), 1, 2)
+    assert caplog.records == []
+    with caplog.at_level(logging.WARNING):
+        split_for_process(rows.to_iterable_dataset(num_shards=3), 1, 2)
+    assert [r.getMessage() for r in caplog.records] == [
+        "the streamed train split has 3 shards, not a multiple of the 2 processes: each process reads all the data "
+        "and keeps 1 example in 2 (slower). Re-shard the data into a multiple of 2 files for speed"]
+
+
+def stream_order(seed, shuffle_buffer, epoch=0):
+    from types import SimpleNamespace
+
+    from datasets import Dataset
+
+    from cadel_modeling.data.streaming import stream_train_split
+    train = Dataset.from_dict({"i": np.arange(36)})
+    stream = stream_train_split(train, SimpleNamespace(seed=seed, num_workers=1, shuffle_buffer=shuffle_buffer),
+                                num_processes=1)
+    stream.set_epoch(epoch)
+    return [row["i"] for row in stream], stream.num_shards
+
+
+def test_the_streams_order_is_a_function_of_the_seed_and_the_epoch():
+    order, shards = stream_order(seed=0, shuffle_buffer=8)
+    assert sorted(order) == list(range(36)) and shards == 8
+    assert stream_order(seed=0, shuffle_buffer=8)[0] == order            # the same on every process
+    assert stream_order(seed=1, shuffle_buffer=8)[0] != order
+    assert stream_order(seed=0, shuffle_buffer=8, epoch=1)[0] != order
+
+
+def test_the_rows_are_shuffled_with_the_seed_before_being_cut_into_shards_and_the_buffer_is_the_configured_one():
+    """With a buffer of 1 the stream only interleaves its shards: each shard, a contiguous slice of the rows shuffled
+    with the run seed (``train.shuffle(seed)``), comes out in its own order. A larger buffer, or rows shuffled with
+    another seed, scramble the rows within the slices."""
+    from datasets import Dataset
+    order, shards = stream_order(seed=5, shuffle_buffer=1)
+    position = {v: k for k, v in enumerate(Dataset.from_dict({"i": np.arange(36)}).shuffle(seed=5)["i"])}
+    assert sorted(order) == list(range(36)) and shards == 8
+    for piece in np.array_split(np.arange(36), 8):      # 5, 5, 5, 5, 4, 4, 4, 4 rows
+        in_piece = [position[i] for i in order if position[i] in piece]
+        assert in_piece == list(piece)
+    assert stream_order(seed=5, shuffle_buffer=1)[0] == order

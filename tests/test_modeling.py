@@ -344,3 +344,43 @@ def test_cascade_trains_on_fashion_mnist(backbone, weight_mode, one_thread):
         losses.append(loss.item())
     assert all(math.isfinite(v) for v in losses)
     assert np.mean(losses[-4:]) < 0.75 * np.mean(losses[:4]), losses
+
+
+# --------------------------------------------------------------------------------------------- build_model's refusals
+def test_build_model_names_the_backbone_and_the_fix_when_the_model_refuses_its_settings():
+    from cadel_modeling.modeling.backbones import UnsupportedBackboneError
+    from cadel_modeling.utils.errors import ModelError
+    with pytest.raises(ModelError) as error:
+        build_model(RunConfig(backbone="test_resnet", image_size=32, aux_head="bogus"), fake_data(3))
+    assert str(error.value) == ("cannot build the test_resnet cascade with these settings: unknown aux_head 'bogus'; "
+                                "use faithful, faithful_places or light")
+    with pytest.raises(UnsupportedBackboneError) as error:           # its own message, not wrapped as a setting
+        build_model(RunConfig(backbone="nope_model", image_size=32), fake_data(3))
+    assert str(error.value).startswith("'nope_model' is not a timm model name")
+
+
+def test_build_model_offline_with_pretrained_weights_says_how_to_go_on(monkeypatch):
+    from cadel_modeling.modeling import factory
+    from cadel_modeling.utils.errors import ModelError
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelError) as error:
+        build_model(RunConfig(backbone="test_resnet", image_size=32, pretrained=True), fake_data(3))
+    assert str(error.value) == (
+        "could not fetch timm's pretrained weights for 'test_resnet' from the Hugging Face Hub "
+        "(LocalEntryNotFoundError); go online or pre-download them into the cache, or pass --pretrained false "
+        "(optionally with --pretrained_checkpoint FILE)")
+
+    def unreadable(config, pretrained_backbone):
+        raise OSError("disk gone")
+    monkeypatch.setattr(factory, "CadelForImageClassification", unreadable)
+    with pytest.raises(OSError, match="^disk gone$"):               # not a download: passed on as it is
+        build_model(RunConfig(backbone="test_resnet", image_size=32, pretrained=False), fake_data(3))
+
+
+@pytest.mark.parametrize("backbone_lr, frozen", [(0.0, True), (None, False), (0.01, False)])
+def test_only_a_zero_backbone_lr_freezes_the_backbone(backbone_lr, frozen):
+    model = build_model(RunConfig(backbone="test_resnet", image_size=32, aux_head="light", backbone_lr=backbone_lr),
+                        fake_data(3))
+    assert {p.requires_grad for p in model.backbone.parameters()} == {not frozen}
+    heads = [p for name, p in model.named_parameters() if not name.startswith("backbone.")]
+    assert heads and all(p.requires_grad for p in heads)

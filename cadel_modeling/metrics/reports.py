@@ -12,6 +12,21 @@ from .long_tail import FEW_THRESHOLD, GROUPS, MANY_THRESHOLD, ArrayLike, shot_gr
 TABLE_COLUMNS = {"All": "accuracy", "Many": "many_accuracy", "Medium": "medium_accuracy", "Few": "few_accuracy",
                  "Top-5": "top5_accuracy", "ECE": "ece", "NLL": "nll", "macro-F1": "macro_f1"}
 
+# The per-class plot's styling, apart from what it shows (which classes where, the values, the group boundaries and
+# means, the labels: tests/test_reports.py reads those back from the Figure). Module level: mutmut mutates only
+# functions, and no rule depends on a colour (docs/testing.md lists these as excluded from mutation).
+PLOT_STYLE = {
+    "figure": {"layout": "constrained"},
+    "bars": {"fill": True, "color": "tab:blue", "alpha": 0.6},
+    "untested": {"color": "tab:red", "clip_on": False},          # the crosses sit on the axis, drawn over it
+    "counts": {"color": "tab:orange", "linewidth": 1.5},
+    "boundary": {"color": "black", "linewidth": 1},
+    "mean": {"colors": "black", "linewidth": 1.2},
+    "group_label": {"ha": "center", "va": "top", "fontsize": 9},
+    "class_names": {"rotation": 45, "ha": "right"},
+    "legend": {"loc": "outside lower center", "fontsize": 9, "frameon": False},
+}
+
 
 def format_number(value, key: str = "accuracy", missing: str = "-") -> str:
     """Accuracies, ECE and macro-F1 in %, NLL in nats with 3 decimals; ``missing`` for None/NaN."""
@@ -73,19 +88,17 @@ def plot_per_class_accuracy(path, per_class_accuracy: Sequence[float | None], cl
     groups = shot_groups(counts, many_threshold, few_threshold)[order]
     x = np.arange(len(counts))
 
-    fig = Figure(figsize=(12, 5.5), layout="constrained")
+    fig = Figure(figsize=(12, 5.5), **PLOT_STYLE["figure"])
     ax = fig.add_subplot()
     # One step patch rather than one bar per class (ax.bar takes ~30 s for iNat18's 8142 classes).
-    ax.stairs(np.nan_to_num(accuracy), np.arange(len(x) + 1) - 0.5, fill=True, color="tab:blue", alpha=0.6,
-              label="per-class accuracy")
+    ax.stairs(np.nan_to_num(accuracy), np.arange(len(x) + 1) - 0.5, label="per-class accuracy", **PLOT_STYLE["bars"])
     untested = np.isnan(accuracy)
     if untested.any():
-        ax.plot(x[untested], np.zeros(untested.sum()), "x", color="tab:red", clip_on=False,
-                label="no test images")
+        ax.plot(x[untested], np.zeros(untested.sum()), "x", label="no test images", **PLOT_STYLE["untested"])
     # The top ~15% of both axes is left free for the group labels.
     ax.set(xlim=(-0.5, len(x) - 0.5), ylim=(0, 125), yticks=range(0, 101, 20), ylabel="accuracy (%)", title=title)
     count_ax = ax.twinx()
-    count_ax.plot(x, sorted_counts, color="tab:orange", linewidth=1.5, label="training images")
+    count_ax.plot(x, sorted_counts, label="training images", **PLOT_STYLE["counts"])
     positive = sorted_counts[sorted_counts > 0]
     low = positive.min() / 1.5 if positive.size else 0.5
     high = low * (max(sorted_counts.max(), 1.0) / low) ** 1.25
@@ -101,22 +114,21 @@ def plot_per_class_accuracy(path, per_class_accuracy: Sequence[float | None], cl
             continue
         end = start + size
         if start > 0:
-            ax.axvline(start - 0.5, color="black", linestyle=":", linewidth=1)
+            ax.axvline(start - 0.5, linestyle=":", **PLOT_STYLE["boundary"])
         tested = accuracy[start:end][~untested[start:end]]
         if tested.size:
-            ax.hlines(tested.mean(), start - 0.5, end - 0.5, colors="black", linestyles="--", linewidth=1.2)
+            ax.hlines(tested.mean(), start - 0.5, end - 0.5, linestyles="--", **PLOT_STYLE["mean"])
         summary = f"mean {tested.mean():.1f}%" if tested.size else "no test images"
-        ax.text((start + end - 1) / 2, 123, f"{titles[group]}\n{size} classes\n{summary}", ha="center", va="top",
-                fontsize=9)
+        ax.text((start + end - 1) / 2, 123, f"{titles[group]}\n{size} classes\n{summary}", **PLOT_STYLE["group_label"])
         start = end
 
     if len(x) <= 30:
         names = class_names if class_names is not None else [str(i) for i in range(len(x))]
-        ax.set_xticks(x, [str(names[i]) for i in order], rotation=45, ha="right")
+        ax.set_xticks(x, [str(names[i]) for i in order], **PLOT_STYLE["class_names"])
     else:
         ax.set_xlabel("classes, sorted by number of training images")
     handles = ax.get_legend_handles_labels()[0] + count_ax.get_legend_handles_labels()[0]
-    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=9, frameon=False)
+    fig.legend(handles=handles, ncols=len(handles), **PLOT_STYLE["legend"])  # one row
     path = Path(path)
     fig.savefig(path, dpi=120)
     return path
