@@ -172,23 +172,28 @@ def test_resuming_skips_what_is_done_and_rerun_stage2_redoes_only_stage_2(tmp_pa
     assert calls[2:] == ["stage 1 of cadel seed 0", "stage 2 of cadel seed 0"]
 
 
+def fake_train(calls, strong, seconds):
+    """A stand-in for ``runs.train``: records (run_dir, recipe, seed, stage-1 flags) and returns a run whose
+    stage 2 took ``seconds`` per stage, with the robust rule's evidence ``strong``."""
+    def train(run_dir, recipe, seed, base, extra, log, launcher, rerun_stage2):
+        calls.append((run_dir, recipe, seed, base))
+        return {"recipe": recipe, "seed": seed, "stage1_s": seconds, "stage2_s": seconds,
+                "rows": run_rows(recipe, stage2_result(strong))}
+    return train
+
+
 def test_the_grid_reports_progress_reads_finished_runs_back_and_writes_its_outputs(tmp_path, monkeypatch, capsys):
     from cadel_modeling.compare.runs import shown
 
     out = tmp_path / "grid"
-    trained = []
-
-    def fake_train(run_dir, recipe, seed, base, extra, log, launcher, rerun_stage2):
-        trained.append((recipe, seed))
-        return {"recipe": recipe, "seed": seed, "stage1_s": 3.0, "stage2_s": 2.0,
-                "rows": run_rows(recipe, stage2_result(strong=True))}
-
-    monkeypatch.setattr(cli, "train", fake_train)
+    calls = []
+    monkeypatch.setattr(cli, "train", fake_train(calls, strong=True, seconds=2.5))
     finished = out / "ce" / "seed0"  # finished earlier, with this grid's flags
     finished.mkdir(parents=True)
     command = shown(stage1_command(Launcher("accelerate"), finished, "ce", 0, ["--config", "fashion_mnist_lt"], []))
     (finished / RUN_RECORD).write_text(json.dumps({"command": command}))
     assert cli.main(["--recipes", "ce", "cadel", "--seeds", "0", "1", "--out", str(out)]) == 0
+    trained = [(recipe, seed) for _, recipe, seed, _ in calls]
     assert trained == [("ce", 0), ("cadel", 0), ("ce", 1), ("cadel", 1)]  # train() reads the finished one back
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == (f"4 runs in {out} (accelerate launcher): fashion_mnist_lt data, training split cut to IF 100 "
@@ -208,17 +213,12 @@ def test_the_grid_reports_progress_reads_finished_runs_back_and_writes_its_outpu
 
 
 def test_quick_is_two_epochs_at_if_10_over_any_default_each_flag_once(tmp_path, monkeypatch, capsys):
-    seen = []
-
-    def fake_train(run_dir, recipe, seed, base, extra, log, launcher, rerun_stage2):
-        seen.append((run_dir, base))
-        return {"recipe": recipe, "seed": seed, "stage1_s": 1.0, "stage2_s": 1.0,
-                "rows": run_rows(recipe, stage2_result(strong=None))}
-
-    monkeypatch.setattr(cli, "train", fake_train)
+    calls = []
+    monkeypatch.setattr(cli, "train", fake_train(calls, strong=None, seconds=1.0))
     for defaults in ({}, {"epochs": 30, "imb_factor": 100.0}):  # benchmarks/lt_compare.py's defaults
         assert cli.main(["--quick", "--recipes", "ce"], out_root=str(tmp_path), **defaults) == 0
     base = ["--config", "fashion_mnist_lt", "--epochs", "2", "--imb_factor", "10", "--n_max", "60", "--val_per_class",
             "10", "--backbone", "test_resnet", "--batch_size", "16", "--eval_batch_size", "100"]
-    assert seen == [(tmp_path / "fashion_mnist_lt_if10_e2_quick" / "ce" / "seed0", base)] * 2
+    run_dir = tmp_path / "fashion_mnist_lt_if10_e2_quick" / "ce" / "seed0"
+    assert [(folder, flags) for folder, _, _, flags in calls] == [(run_dir, base)] * 2
     assert "fashion_mnist_lt, IF 10, 2 epochs, seeds [0]" in capsys.readouterr().out
