@@ -27,10 +27,10 @@ def find_model_dir(ref: str) -> Path:
     if path.is_dir():
         if holds_model(path):
             return path
-        stage2 = sorted(path.glob(f"{STAGE2_PREFIX}*/{STAGE2_MODEL}/{MODEL_CONFIG_FILE}"),
-                        key=lambda p: p.stat().st_mtime)
+        stage2 = sorted((d for d in path.glob(f"{STAGE2_PREFIX}*/{STAGE2_MODEL}") if holds_model(d)),
+                        key=lambda d: (d / MODEL_CONFIG_FILE).stat().st_mtime)   # the newest stage 2
         if stage2:
-            return stage2[-1].parent
+            return stage2[-1]
         if holds_model(path / BEST_MODEL):
             return path / BEST_MODEL
         raise MissingInputError(f"{path} holds no model ({MODEL_CONFIG_FILE}) nor a run with {BEST_MODEL}/ or "

@@ -70,14 +70,15 @@ def resume_target(cfg: RunConfig) -> Optional[Resume]:
     out = Path(cfg.output_dir)
     if not cfg.resume_from_checkpoint:
         return None
+    state = folder_state(out)
     if cfg.resume_from_checkpoint != "latest":
         path = Path(cfg.resume_from_checkpoint)
         meta = verify(path)
-        info = read_run_info(out) if folder_state(out) == "run" else {}  # only a run folder holds a run to replace
+        info = read_run_info(out) if state == "run" else {}  # only a run folder holds a run to replace
     else:
         info = read_run_info(out)
         found = latest_valid(out, info.get("run_id"))
-        if found is None and folder_state(out) != "empty":
+        if found is None and state != "empty":
             what = "no valid checkpoint" if checkpoint_root(out).is_dir() else "no checkpoints/ folder"
             raise CheckpointError(f"--resume_from_checkpoint latest: {out} holds {what} of its run to resume; pass "
                                   f"--overwrite_output_dir to start over there, or choose another --output_dir")
@@ -88,7 +89,7 @@ def resume_target(cfg: RunConfig) -> Optional[Resume]:
         if path != newest:
             logger.warning("resuming from %s, not the newest checkpoint folder %s (see the warnings above)", path.name,
                            newest.name)
-    foreign = folder_state(out) == "run" and meta.get("run_id") != info.get("run_id")
+    foreign = state == "run" and meta.get("run_id") != info.get("run_id")
     return Resume(path, meta, info, foreign)
 
 
