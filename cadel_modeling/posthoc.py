@@ -31,12 +31,17 @@ def ensemble_scores(exit_logits: torch.Tensor, class_counts: Sequence[int], tau:
 def selected_exits(num_exits: int, rule: str, exits: Optional[Sequence[int]] = None) -> Tuple[int, ...]:
     """The 1-based exits a rule (or an explicit ``exits`` list) sums: 'last' = (K,), 'sum' = (1, .., K)."""
     if exits:
-        bad = [k for k in exits if not (isinstance(k, int) and 1 <= k <= num_exits)]
-        if bad or len(set(exits)) != len(exits):
-            raise ConfigError(f"eval_exits {list(exits)} must be distinct exit numbers in 1..{num_exits} "
-                              f"(1 = shallowest, {num_exits} = the backbone's own exit)")
+        check_exit_numbers(num_exits, exits)
         return tuple(exits)
     return (num_exits,) if rule == "last" else tuple(range(1, num_exits + 1))
+
+
+def check_exit_numbers(num_exits: int, exits: Sequence[int]) -> None:
+    """``--eval_exits`` must name distinct exits of the model (1-based)."""
+    bad = [k for k in exits if not (isinstance(k, int) and 1 <= k <= num_exits)]
+    if bad or len(set(exits)) != len(exits):
+        raise ConfigError(f"eval_exits {list(exits)} must be distinct exit numbers in 1..{num_exits} "
+                          f"(1 = shallowest, {num_exits} = the backbone's own exit)")
 
 
 def selection_name(selection: Tuple[int, ...], num_exits: int) -> str:

@@ -36,7 +36,8 @@ def test_each_recipe_is_paired_with_the_baseline_on_the_same_seed():
     assert "Δ" not in markdown(aggregate(runs[:1]), {})
 
 
-@pytest.mark.parametrize("grid, doc", [("if100", "README.md"), ("if10", "benchmarks/README.md")])
+@pytest.mark.parametrize("grid, doc", [("if100", "README.md"), ("if10", "benchmarks/README.md"),
+                                       ("step_if100", "benchmarks/README.md"), ("if100_mixup0", "docs/presets.md")])
 def test_the_committed_grids_regenerate_their_readme_tables(grid, doc):
     saved = json.loads((REPO / "benchmarks" / "results" / f"lt_compare_fashion_mnist_lt_{grid}.json").read_text())
     agg, diffs = aggregate(saved["runs"]), paired(saved["runs"])
@@ -190,9 +191,10 @@ def test_the_grid_reports_progress_reads_finished_runs_back_and_writes_its_outpu
     monkeypatch.setattr(cli, "train", fake_train(calls, strong=True, seconds=2.5))
     finished = out / "ce" / "seed0"  # finished earlier, with this grid's flags
     finished.mkdir(parents=True)
-    command = shown(stage1_command(Launcher("accelerate"), finished, "ce", 0, ["--config", "fashion_mnist_lt"], []))
+    command = shown(stage1_command(Launcher("accelerate"), finished, "ce", 0, ["--config", "fashion_mnist_lt"],
+                                   ["--hflip", "true"]))
     (finished / RUN_RECORD).write_text(json.dumps({"command": command}))
-    assert cli.main(["--recipes", "ce", "cadel", "--seeds", "0", "1", "--out", str(out)]) == 0
+    assert cli.main(["--recipes", "ce", "cadel", "--seeds", "0", "1", "--out", str(out), "--", "--hflip", "true"]) == 0
     trained = [(recipe, seed) for _, recipe, seed, _ in calls]
     assert trained == [("ce", 0), ("cadel", 0), ("ce", 1), ("cadel", 1)]  # train() reads the finished one back
     lines = capsys.readouterr().out.splitlines()
@@ -206,7 +208,8 @@ def test_the_grid_reports_progress_reads_finished_runs_back_and_writes_its_outpu
                           f"[4/4] cadel seed 1: training, log in {out / 'log.txt'}", f"[4/4] cadel seed 1: {cadel}"]
     saved = json.loads((out / "results.json").read_text())
     assert saved["paired_vs_baseline"]["All"]["CADEL + robust exit rule"]["values"] == pytest.approx([3.0, 3.0])
-    assert saved["how"].startswith(f"`cadel-compare --recipes ce cadel --seeds 0 1 --out {out}`: fashion_mnist_lt, "
+    assert saved["how"].startswith(f"`cadel-compare --recipes ce cadel --seeds 0 1 --out {out} -- --hflip true`: "
+                                   f"fashion_mnist_lt, "
                                    f"seeds [0, 1]; best epoch")
     assert markdown(saved["aggregate"], saved["paired_vs_baseline"]["All"]) in (out / "table.md").read_text()
     assert (out / "compare.png").read_bytes()[:4] == b"\x89PNG"

@@ -28,6 +28,7 @@ from cadel_modeling.modeling.pretrained import (
 )
 from cadel_modeling.training.losses import CascadeLoss, mixup_batch
 from cadel_modeling.training.optim import OptimizerSpec, build_optimizer, set_learning_rate
+from cadel_modeling.utils.errors import ModelError
 
 from conftest import FASHION_MNIST_DIR, requires_fashion_mnist
 
@@ -241,9 +242,25 @@ def test_init_from_counts_each_tensor_once(tmp_path):
     assert fresh == ["aux_exits.0.classifier.weight", "aux_exits.1.classifier.weight", "classifier.weight"]
     total = len(before)
     assert (info["tensors_loaded"], info["tensors_fresh"], sorted(info["fresh"])) == (total - 3, 3, fresh)
+    assert info["source"] == str(tmp_path / "parent")  # what run_info.json names as the run's starting point
     assert info["summary"] == (f"initialised from {tmp_path / 'parent'}: {total - 3} tensors loaded, 3 kept fresh "
                                f"(new class count or head)")
     assert all(torch.equal(child.state_dict()[k], before[k]) for k in fresh)
+
+
+def test_init_from_matches_backbones_by_architecture_not_by_pretrained_tag(tmp_path):
+    """``resnet50.a1_in1k`` and ``resnet50`` are one architecture (timm's tag names only the pretrained weights), so a
+    model built from a tagged name starts a run on the untagged one; another architecture is refused in one line."""
+    from cadel_modeling.modeling.factory import init_from_model
+    tagged = RunConfig(backbone="test_resnet.r160_in1k", image_size=32, aux_head="light")
+    save_model(build_model(tagged, fake_data(4)), tmp_path / "parent", tagged, tagged.augmentation)
+    child = build_model(RunConfig(backbone="test_resnet", image_size=32, aux_head="light"), fake_data(4))
+    info = init_from_model(child, str(tmp_path / "parent"))
+    assert info["tensors_fresh"] == 0 and info["tensors_loaded"] == len(child.state_dict())
+    vit = build_model(RunConfig(backbone="test_vit", image_size=32), fake_data(4))
+    with pytest.raises(ModelError, match=r"is a test_resnet\.r160_in1k cascade but this run builds test_vit; "
+                                         r"pass --backbone test_resnet\.r160_in1k"):
+        init_from_model(vit, str(tmp_path / "parent"))
 
 
 def test_plain_safetensors_backbone_and_cadel_checkpoint(tmp_path):
@@ -349,7 +366,6 @@ def test_cascade_trains_on_fashion_mnist(backbone, weight_mode, one_thread):
 # --------------------------------------------------------------------------------------------- build_model's refusals
 def test_build_model_names_the_backbone_and_the_fix_when_the_model_refuses_its_settings():
     from cadel_modeling.modeling.backbones import UnsupportedBackboneError
-    from cadel_modeling.utils.errors import ModelError
     with pytest.raises(ModelError) as error:
         build_model(RunConfig(backbone="test_resnet", image_size=32, aux_head="bogus"), fake_data(3))
     assert str(error.value) == ("cannot build the test_resnet cascade with these settings: unknown aux_head 'bogus'; "

@@ -10,6 +10,7 @@ whether the checkpoint belongs to another run follows."""
 import json
 import math
 import shutil
+import time
 
 import pytest
 import torch
@@ -19,6 +20,7 @@ from test_data_builders import COUNTS, write_split_lists
 from cadel_modeling import evaluate, train_stage2
 from cadel_modeling.config import RunConfig, parse_config
 from cadel_modeling.modeling import locate
+from cadel_modeling.modeling.factory import load_model
 from cadel_modeling.stages import evaluation, stage1
 from cadel_modeling.stages.run_folder import check_output_dir, resume_target
 from cadel_modeling.training.checkpointing import list_checkpoints
@@ -296,3 +298,176 @@ def test_whether_a_checkpoint_belongs_to_another_run_follows_from_the_files_read
     empty = resume_target(RunConfig(output_dir=str(tmp_path / "new"), resume_from_checkpoint=str(checkpoint)))
     assert not empty.foreign and empty.run_info == {}  # an empty folder holds no run to replace
     assert resume_target(RunConfig(output_dir=str(mine))) is None
+
+
+# ---------------------------------------------------------------------- what stage 1 and evaluation write and say
+@pytest.fixture
+def tracker_calls(monkeypatch):
+    """Every ``Accelerator.log`` call as (accelerator, values, step): what a tracker would receive."""
+    import accelerate
+
+    from cadel_modeling.training import tracking
+    calls = []
+    monkeypatch.setattr(accelerate.Accelerator, "log", lambda self, values, step=None, **kw: calls.append(
+        (self, values, step)))
+    monkeypatch.setattr(tracking, "start", lambda accelerator, name, config: calls.append(("start", name, config)))
+    return calls
+
+
+def log_lines(run):
+    """The messages of the run's train.log, without the time and level prefix."""
+    return [line.split(" cadel: ", 1)[-1] for line in (run / "train.log").read_text().splitlines()]
+
+
+def test_stage1_records_its_settings_results_and_progress_exactly(data_root, stage1_run, tmp_path, monkeypatch,
+                                                                 tracker_calls):
+    import platform
+
+    import accelerate
+    import timm
+    import transformers
+    from accelerate.utils import DynamoBackend
+
+    from cadel_modeling.modeling.costs import model_summary
+    from cadel_modeling.training.accelerator import replica_digests
+    monkeypatch.setattr(stage1, "predict", ScriptedValidation(last=[2, 6, 4, 6], others=[0] * EPOCHS))
+    out = tmp_path / "run"
+    parent = stage1_run / "best_model"
+    started = time.time()
+    summary = stage1.run(config(data_root, out, "--grad_accum_steps", "2", "--init_from", str(parent),
+                                "--report_to", "tensorboard"))
+    wall = time.time() - started
+    # run_info.json: everything needed to know how the run was made
+    info = json.loads((out / "run_info.json").read_text())
+    assert len(info["run_id"]) == 12 and int(info["run_id"], 16) >= 0
+    init = info.pop("init_from")
+    assert init["source"] == str(parent) and init["tensors_fresh"] == 0  # same classes: every tensor carried over
+    assert info == {
+        "run_id": summary["run_id"], "command": io.command_line(), "num_processes": 1, "global_batch_size": 4,
+        "batch_size_per_process": 2, "mixed_precision": "no", "device": "cpu",
+        "versions": {"python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__,
+                     "accelerate": accelerate.__version__, "transformers": transformers.__version__},
+        "class_names": ["n00000000", "n00000001", "n00000002", "n00000003"], "class_counts": COUNTS,
+        "data_notes": [f"ImageNet-LT: standard split lists from {data_root / 'ImageNet_LT'}, images under {data_root}; "
+                       f"14 train / 8 val / 8 test images; the checkpoint and tau are chosen on val, results reported "
+                       f"on test"], "config_changes": []}
+    # the accelerator the stage asked for: accumulation, no compilation, seedable sampler, trackers under the run
+    _, name, settings = tracker_calls.pop(0)  # the tracker run starts first, named after the run folder
+    assert (name, settings["run_id"], settings["grad_accum_steps"], settings["output_dir"]) == \
+        ("run", summary["run_id"], 2, str(out))
+    accelerator = tracker_calls[0][0]
+    assert accelerator.gradient_accumulation_steps == 2
+    assert accelerator.state.dynamo_plugin.backend == DynamoBackend.NO
+    assert accelerator.dataloader_config.use_seedable_sampler is True
+    assert accelerator.project_configuration.project_dir == str(out / "tracking")
+    # one train_log record per epoch, with its wall time
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["skipped_images"] for r in log] == [0] * EPOCHS
+    assert all(0 < r["epoch_time_s"] <= wall and r["epoch_time_s"] == round(r["epoch_time_s"], 2) for r in log)
+    # the trackers get each epoch's validation and loss at its last global step
+    epochs = [(values, step) for _, values, step in tracker_calls if "val/top1" in values]
+    assert [step for _, step in epochs] == [STEPS_PER_EPOCH * e for e in range(1, EPOCHS + 1)]
+    for (values, _), r in zip(epochs, log):
+        groups = {f"val/{g}": r[f"val_{g}"] for g in ("many", "medium", "few") if r[f"val_{g}"] is not None}
+        assert values == {"val/top1": r["val_top1"], **groups, "train/epoch_loss": r["train_loss"]}
+    # the summary, written last
+    assert json.loads((out / "stage1_summary.json").read_text()) == {
+        "run_id": info["run_id"], "best_val_top1": 0.75, "best_epoch": 2, "epochs": EPOCHS, "skipped_steps": 0,
+        "selection": "val top-1 of the raw last exit (CNN rule)",
+        "replica_weight_digests": replica_digests(None, load_model(out / "last_model"))}
+    # the log a person reads
+    lines = log_lines(out)
+    net = load_model(out / "best_model")
+    summary_at = lines.index("test_resnet cascade, parameters and MACs per image:")
+    assert "\n".join(lines[summary_at + 1:]).startswith(model_summary(net, 32))
+    assert init["summary"] in lines
+    assert [line for line in lines if line.startswith("epoch ") and " val top-1 " in line] == [
+        f"epoch {r['epoch']}/{EPOCHS} loss {r['train_loss']:.4f} lr {r['lr']:.5f} val top-1 "
+        f"{100 * r['val_top1']:.2f}%" + (" (best)" if best else "") for r, best in zip(log, [1, 1, 0, 0])]
+    assert lines[-1] == f"stage 1 done: best val top-1 75.00% at epoch 2; model in {out / 'best_model'}"
+
+
+def test_a_vit_cascade_validates_on_the_logit_adjusted_sum_of_its_exits(data_root, tmp_path, monkeypatch):
+    validation = ScriptedValidation(last=[0, 8], others=[8, 0])
+    monkeypatch.setattr(stage1, "predict", validation)
+    out = tmp_path / "vit"
+    summary = stage1.run(config(data_root, out, "--backbone", "test_vit", "--epochs", "2"))
+    assert validation.asked == [None, None]  # every exit, not the last alone
+    assert summary["selection"] == "val top-1 of the tau=1 logit-adjusted sum of exits (ViT rule)"
+    # by hand: a row's label y gets 5 per exit that is right, the next class w per exit that is wrong, then 3 x log
+    # prior is subtracted (tau 1 per exit). Epoch 1 (two exits right): y wins unless 3 log(n_y / n_w) > 5, never with
+    # counts 6, 4, 3, 1. Epoch 2 (one exit right): y wins only if 3 log(n_w / n_y) > 5, i.e. n_w / n_y > 5.3: class 3
+    # (1 image) against class 0 (6): its 2 of the 8 validation rows. The raw last exit would give 0.0 and 1.0.
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["val_top1"] for r in log] == [1.0, 0.25]
+
+
+def test_resuming_from_an_earlier_checkpoint_drops_the_records_of_the_epochs_it_redoes(stage1_run, data_root,
+                                                                                       tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    shutil.copytree(stage1_run, run)
+    end_of_epoch_1 = [p for p in list_checkpoints(run) if int(p.name.split("_")[1]) == STEPS_PER_EPOCH][0]
+    monkeypatch.setattr(stage1, "predict", ScriptedValidation(last=[3], others=[0]))
+    stage1.run(config(data_root, run, "--epochs", "2", "--resume_from_checkpoint", str(end_of_epoch_1)))
+    log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2]  # epoch 2's earlier record replaced, not kept beside the new one
+    assert log[1]["val_top1"] == 3 / 8
+    assert f"resumed from {end_of_epoch_1} at epoch 2, step 0" in log_lines(run)
+    # a second resume keeps the changes recorded at the first
+    monkeypatch.setattr(stage1, "predict", ScriptedValidation(last=[3], others=[0]))
+    stage1.run(config(data_root, run, "--epochs", "3", "--resume_from_checkpoint", "latest"))
+    monkeypatch.setattr(stage1, "predict", ScriptedValidation(last=[3], others=[0]))
+    stage1.run(config(data_root, run, "--epochs", "4", "--resume_from_checkpoint", "latest"))
+    changes = json.loads((run / "run_info.json").read_text())["config_changes"]
+    assert [(c["key"], c["old"], c["new"]) for c in changes] == [("epochs", 2, 3), ("epochs", 3, 4)]
+
+
+def test_an_evaluation_reports_to_its_trackers_and_says_where_its_results_are(stage1_run, tmp_path, monkeypatch,
+                                                                            tracker_calls, capsys):
+    from cadel_modeling.metrics import format_table
+    from cadel_modeling.run_layout import PER_CLASS_CSV, PER_CLASS_PLOT, RESULTS_FILE
+    run = tmp_path / "run"
+    shutil.copytree(stage1_run, run)
+    model_dir = locate.find_model_dir(str(run))
+    capsys.readouterr()
+    assert evaluate.main(["--eval_model", str(run), "--eval_split", "val", "--report_to", "tensorboard"]) == 0
+    out = model_dir / "eval_val"
+    saved = json.loads((out / "results.json").read_text())
+    assert (saved["command"], saved["num_processes"]) == (io.command_line(), 1)
+    _, name, settings = tracker_calls.pop(0)
+    assert (name, settings["eval_model"]) == ("eval_val", str(run))
+    results = saved["results"]
+    main = results[saved["main"]]
+    assert any(not isinstance(v, (int, float)) for v in main.values())  # lists and texts stay out of the trackers
+    assert tracker_calls == [(tracker_calls[0][0], {f"eval/val/{k}": v for k, v in main.items()
+                                                    if isinstance(v, (int, float))}, 0)]
+    assert tracker_calls[0][0].project_configuration.project_dir == str(out / "tracking")
+    printed = capsys.readouterr().out
+    assert printed.endswith(f"\n{model_dir} on imagenet_lt val (8 images)\n{format_table(results)}\n\nresults: "
+                            f"{out / RESULTS_FILE}, per-class: {out / PER_CLASS_CSV}, plot: {out / PER_CLASS_PLOT}\n")
+
+
+def test_eval_exits_are_checked_against_the_model_before_the_network_runs(stage1_run, tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(stage1_run, run)
+    model_dir = locate.find_model_dir(str(run))
+    before = tree(run)
+    for bad in ("[4]", "[0]", "[2, 2]"):  # the model has exits 1..3
+        assert evaluate.main(["--eval_model", str(run), "--eval_split", "val", "--eval_exits", bad]) == 2
+        assert "must be distinct exit numbers in 1..3" in capsys.readouterr().err
+        assert tree(run) == before
+    assert evaluate.main(["--eval_model", str(run), "--eval_split", "val", "--eval_exits", "[1, 3]"]) == 0
+    results = json.loads((model_dir / "eval_val" / "results.json").read_text())
+    assert results["exits"] == [1, 3]
+
+
+def test_a_hub_models_evaluation_writes_into_the_output_dir_not_the_cache(data_root, stage1_run, tmp_path):
+    cache = tmp_path / "cache"  # stands in for the downloaded Hub snapshot (read-only for the evaluation)
+    shutil.copytree(stage1_run / "best_model", cache)
+    before = tree(cache)
+    out = tmp_path / "out"
+    cfg = config(data_root, out)
+    cfg.eval_model, cfg.eval_split = "someone/cadel-model", "val"  # as evaluate.py sets them for a Hub id
+    results = evaluation.run(cfg, cache)
+    assert tree(cache) == before
+    assert json.loads((out / "eval_val" / "results.json").read_text())["results"] == results

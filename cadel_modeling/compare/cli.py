@@ -123,7 +123,8 @@ def main(argv: Optional[List[str]] = None, prog: str = "cadel-compare", out_root
     table = markdown(agg, diffs)
     cpu_s = sum(r["stage1_s"] + r["stage2_s"] for r in runs)
     what = describe(args.config, args.imb_factor, args.epochs)
-    how = (f"`{prog} {' '.join(argv)}`: {what}, seeds {seeds}; best epoch, tau and exit weights chosen on val; "
+    command = " ".join([prog, shlex.join([*argv, *(["--", *extra] if extra else [])])])  # `--` flags too
+    how = (f"`{command}`: {what}, seeds {seeds}; best epoch, tau and exit weights chosen on val; "
            f"test split; {len(runs)} runs, {cpu_s / 60:.0f} min of stage 1 + stage 2 wall time summed over the runs")
     result = {"how": how, "recipes": {r: RECIPES[r][1] for r in args.recipes}, "extra_stage1_flags": extra,
               "aggregate": agg, "paired_vs_baseline": {"baseline": BASELINE, "All": diffs}, "runs": runs,

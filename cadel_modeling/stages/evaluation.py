@@ -14,7 +14,7 @@ from ..data.loaders import LoaderSpec
 from ..inference import predict_split, process_invariant_loader
 from ..metrics import format_table
 from ..modeling.locate import load_ensemble
-from ..posthoc import selected_exits
+from ..posthoc import check_exit_numbers
 from ..results import write_report
 from ..run_layout import CARD_FILE, PER_CLASS_CSV, PER_CLASS_PLOT, RESULTS_FILE, TRACKING, eval_dir, eval_name
 from ..utils.io import command_line
@@ -30,8 +30,8 @@ def run(cfg: RunConfig, model_dir: Path) -> Dict[str, dict]:
     accelerator = frame.accelerator
     data = frame.build_data()
     model = frame.load_checked_model(model_dir, data)
-    rule = model.config.resolved_inference_rule
-    selected_exits(len(model.aux_exits) + 1, "sum" if rule == "weighted" else rule, cfg.eval_exits)  # fail early
+    if cfg.eval_exits:  # before the network runs
+        check_exit_numbers(len(model.aux_exits) + 1, cfg.eval_exits)
     ensemble = load_ensemble(model_dir)
     loader, size = process_invariant_loader(data, cfg.eval_split, LoaderSpec.from_config(cfg),
                                             accelerator.num_processes)
@@ -46,7 +46,7 @@ def run(cfg: RunConfig, model_dir: Path) -> Dict[str, dict]:
     if results:
         main = next(iter(results.values()))
         accelerator.log({f"eval/{cfg.eval_split}/{k}": v for k, v in main.items()
-                         if isinstance(v, (int, float)) and v is not None}, step=0)
+                         if isinstance(v, (int, float))}, step=0)
     if accelerator.is_main_process:
         print(f"\n{model_dir} on {cfg.dataset} {cfg.eval_split} ({len(labels)} images)")
         print(format_table(results))
