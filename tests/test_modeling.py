@@ -257,6 +257,11 @@ def test_init_from_matches_backbones_by_architecture_not_by_pretrained_tag(tmp_p
     child = build_model(RunConfig(backbone="test_resnet", image_size=32, aux_head="light"), fake_data(4))
     info = init_from_model(child, str(tmp_path / "parent"))
     assert info["tensors_fresh"] == 0 and info["tensors_loaded"] == len(child.state_dict())
+    tagged_child = build_model(tagged, fake_data(4))  # and the other way round
+    assert init_from_model(tagged_child, str(tmp_path / "parent"))["tensors_fresh"] == 0
+    plain = RunConfig(backbone="test_resnet", image_size=32, aux_head="light")
+    save_model(child, tmp_path / "plain", plain, plain.augmentation)
+    assert init_from_model(tagged_child, str(tmp_path / "plain"))["tensors_fresh"] == 0
     vit = build_model(RunConfig(backbone="test_vit", image_size=32), fake_data(4))
     with pytest.raises(ModelError, match=r"is a test_resnet\.r160_in1k cascade but this run builds test_vit; "
                                          r"pass --backbone test_resnet\.r160_in1k"):

@@ -430,7 +430,8 @@ def test_an_evaluation_reports_to_its_trackers_and_says_where_its_results_are(st
     shutil.copytree(stage1_run, run)
     model_dir = locate.find_model_dir(str(run))
     capsys.readouterr()
-    assert evaluate.main(["--eval_model", str(run), "--eval_split", "val", "--report_to", "tensorboard"]) == 0
+    assert evaluate.main(["--eval_model", str(run), "--eval_split", "val", "--report_to", "tensorboard",
+                          "--tracking_dir", str(tmp_path / "tb")]) == 0
     out = model_dir / "eval_val"
     saved = json.loads((out / "results.json").read_text())
     assert (saved["command"], saved["num_processes"]) == (io.command_line(), 1)
@@ -441,7 +442,7 @@ def test_an_evaluation_reports_to_its_trackers_and_says_where_its_results_are(st
     assert any(not isinstance(v, (int, float)) for v in main.values())  # lists and texts stay out of the trackers
     assert tracker_calls == [(tracker_calls[0][0], {f"eval/val/{k}": v for k, v in main.items()
                                                     if isinstance(v, (int, float))}, 0)]
-    assert tracker_calls[0][0].project_configuration.project_dir == str(out / "tracking")
+    assert tracker_calls[0][0].project_configuration.project_dir == str(tmp_path / "tb")  # --tracking_dir wins
     printed = capsys.readouterr().out
     assert printed.endswith(f"\n{model_dir} on imagenet_lt val (8 images)\n{format_table(results)}\n\nresults: "
                             f"{out / RESULTS_FILE}, per-class: {out / PER_CLASS_CSV}, plot: {out / PER_CLASS_PLOT}\n")
@@ -461,13 +462,67 @@ def test_eval_exits_are_checked_against_the_model_before_the_network_runs(stage1
     assert results["exits"] == [1, 3]
 
 
-def test_a_hub_models_evaluation_writes_into_the_output_dir_not_the_cache(data_root, stage1_run, tmp_path):
+def test_a_hub_models_evaluation_writes_into_the_output_dir_and_publishes_from_there(data_root, stage1_run, tmp_path,
+                                                                                    monkeypatch):
+    from cadel_modeling.hub import publish
+    uploads = []
+    monkeypatch.setattr(publish, "push_to_hub", lambda folder, repo_id, **kw: uploads.append((folder, repo_id, kw)))
     cache = tmp_path / "cache"  # stands in for the downloaded Hub snapshot (read-only for the evaluation)
     shutil.copytree(stage1_run / "best_model", cache)
     before = tree(cache)
     out = tmp_path / "out"
-    cfg = config(data_root, out)
+    cfg = config(data_root, out, "--push_to_hub", "true")
     cfg.eval_model, cfg.eval_split = "someone/cadel-model", "val"  # as evaluate.py sets them for a Hub id
     results = evaluation.run(cfg, cache)
     assert tree(cache) == before
     assert json.loads((out / "eval_val" / "results.json").read_text())["results"] == results
+    # the model goes back to its own repo with the results and the card written outside the cache
+    [(folder, repo_id, kw)] = uploads
+    assert (folder, repo_id, kw["eval_dirs"], kw["card_path"]) == (cache, "someone/cadel-model", [out / "eval_val"],
+                                                                   out / "README.md")
+    # a local model is uploaded from its folder, with its results inside it, to --hub_model_id or the folder's name
+    local = tmp_path / "local"
+    shutil.copytree(stage1_run / "best_model", local)
+    cfg = config(data_root, tmp_path / "out2", "--push_to_hub", "true")
+    cfg.eval_model, cfg.eval_split = str(local), "val"
+    evaluation.run(cfg, local)
+    assert uploads[1][:2] == (local, None) and uploads[1][2]["eval_dirs"] == ()
+    assert (local / "eval_val" / "results.json").is_file()
+
+
+def test_a_stage_refuses_a_model_trained_on_other_classes_naming_its_folder(stage1_run):
+    from types import SimpleNamespace
+
+    from cadel_modeling.stages.frame import StageFrame
+    from cadel_modeling.utils.errors import ModelError
+    model_dir = stage1_run / "best_model"
+    five_classes = SimpleNamespace(num_classes=5, class_names=[str(i) for i in range(5)], class_counts=[1] * 5)
+    with pytest.raises(ModelError, match=f"^{model_dir} was trained for 4 classes but the dataset has 5; "):
+        StageFrame(RunConfig(), model_dir / "tracking").load_checked_model(model_dir, five_classes)
+
+
+def test_an_evaluation_reports_the_models_learned_exit_weights_and_test_agnostic_rows_when_asked(stage1_run, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(stage1_run / "best_model", model)
+    (model / "ensemble.json").write_text(json.dumps({"weights": [0.5, 0.0, 0.5], "tau": 1.0}))  # as stage 2 saves
+    assert evaluate.main(["--eval_model", str(model), "--eval_split", "val", "--eval_test_agnostic", "true"]) == 0
+    saved = json.loads((model / "eval_val" / "results.json").read_text())
+    assert "learned exit weights 0.50/0.00/0.50, tau=1" in saved["results"]
+    assert saved["ensemble"] == {"weights": [0.5, 0.0, 0.5], "tau": 1.0} and saved["test_agnostic"]
+
+
+def test_stage2_knows_whether_stage1_finished_from_its_summary_and_its_logged_epochs(stage1_run, tmp_path):
+    from cadel_modeling.stages.stage2 import stage1_progress
+    run = tmp_path / "run"
+    shutil.copytree(stage1_run, run)
+    assert stage1_progress(run) == {"finished": True, "epochs_done": 2, "epochs": 2, "summary": True}
+    config_text = (run / "config.yaml").read_text()
+    assert "\nepochs: 2\n" in config_text
+    (run / "config.yaml").write_text(config_text.replace("\nepochs: 2\n", "\nepochs: 3\n"))
+    assert stage1_progress(run) == {"finished": False, "epochs_done": 2, "epochs": 3, "summary": True}  # extended
+    (run / "stage1_summary.json").unlink()
+    (run / "config.yaml").write_text(config_text)
+    assert stage1_progress(run) == {"finished": False, "epochs_done": 2, "epochs": 2, "summary": False}  # stopped
+    (run / "config.yaml").unlink()
+    (run / "train_log.jsonl").unlink()
+    assert stage1_progress(run) == {"finished": False, "epochs_done": 0, "epochs": None, "summary": False}
