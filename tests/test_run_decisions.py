@@ -71,6 +71,11 @@ class ScriptedValidation:
         return torch.stack(chosen), labels
 
 
+def train_log(run):
+    """The run's train_log.jsonl records (every line must parse)."""
+    return [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+
+
 def weights(folder):
     return load_file(str(folder / "model.safetensors"))
 
@@ -84,7 +89,7 @@ def test_the_best_validation_epoch_is_kept_not_the_last(data_root, tmp_path, mon
     summary = stage1.run(config(data_root, out))
     assert validation.asked == [[NUM_EXITS]] * EPOCHS  # a CNN validates on its last exit only, raw
     assert (summary["best_epoch"], summary["best_val_top1"]) == (2, 0.75)
-    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    log = train_log(out)
     assert [r["val_top1"] for r in log] == [0.25, 0.75, 0.5, 0.75]
     assert [(r["best_epoch"], r["best_val_top1"]) for r in log] == [(1, 0.25), (2, 0.75), (2, 0.75), (2, 0.75)]
     # best_model holds the weights of the end of epoch 2 (its end-of-epoch checkpoint), not those of the last epoch
@@ -109,7 +114,7 @@ def test_the_loss_receives_each_epochs_T_and_the_log_records_it(data_root, tmp_p
     stage1.run(config(data_root, out))
     expected = [1 - e / EPOCHS for e in range(1, EPOCHS + 1)]  # 0.75, 0.5, 0.25, 0: T = 1 - epoch / E, 1-indexed
     assert seen == [t for t in expected for _ in range(STEPS_PER_EPOCH)]
-    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    log = train_log(out)
     assert [r["T"] for r in log] == expected
 
 
@@ -351,7 +356,8 @@ def test_stage1_records_its_settings_results_and_progress_exactly(data_root, sta
         "data_notes": [f"ImageNet-LT: standard split lists from {data_root / 'ImageNet_LT'}, images under {data_root}; "
                        f"14 train / 8 val / 8 test images; the checkpoint and tau are chosen on val, results reported "
                        f"on test"], "config_changes": []}
-    # the accelerator the stage asked for: accumulation, no compilation, seedable sampler, trackers under the run
+    # the accelerator the stage asked for: accumulation, seedable sampler, trackers under the run; and no compilation
+    # (accelerate keeps the dynamo backend of the process's first Accelerator, so this holds for the process)
     _, name, settings = tracker_calls.pop(0)  # the tracker run starts first, named after the run folder
     assert (name, settings["run_id"], settings["grad_accum_steps"], settings["output_dir"]) == \
         ("run", summary["run_id"], 2, str(out))
@@ -361,7 +367,7 @@ def test_stage1_records_its_settings_results_and_progress_exactly(data_root, sta
     assert accelerator.dataloader_config.use_seedable_sampler is True
     assert accelerator.project_configuration.project_dir == str(out / "tracking")
     # one train_log record per epoch, with its wall time
-    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    log = train_log(out)
     assert [r["skipped_images"] for r in log] == [0] * EPOCHS
     assert all(0 < r["epoch_time_s"] <= wall and r["epoch_time_s"] == round(r["epoch_time_s"], 2) for r in log)
     # the trackers get each epoch's validation and loss at its last global step
@@ -398,7 +404,7 @@ def test_a_vit_cascade_validates_on_the_logit_adjusted_sum_of_its_exits(data_roo
     # prior is subtracted (tau 1 per exit). Epoch 1 (two exits right): y wins unless 3 log(n_y / n_w) > 5, never with
     # counts 6, 4, 3, 1. Epoch 2 (one exit right): y wins only if 3 log(n_w / n_y) > 5, i.e. n_w / n_y > 5.3: class 3
     # (1 image) against class 0 (6): its 2 of the 8 validation rows. The raw last exit would give 0.0 and 1.0.
-    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    log = train_log(out)
     assert [r["val_top1"] for r in log] == [1.0, 0.25]
 
 
@@ -409,7 +415,7 @@ def test_resuming_from_an_earlier_checkpoint_drops_the_records_of_the_epochs_it_
     end_of_epoch_1 = [p for p in list_checkpoints(run) if int(p.name.split("_")[1]) == STEPS_PER_EPOCH][0]
     monkeypatch.setattr(stage1, "predict", ScriptedValidation(last=[3], others=[0]))
     stage1.run(config(data_root, run, "--epochs", "2", "--resume_from_checkpoint", str(end_of_epoch_1)))
-    log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    log = train_log(run)
     assert [r["epoch"] for r in log] == [1, 2]  # epoch 2's earlier record replaced, not kept beside the new one
     assert log[1]["val_top1"] == 3 / 8
     assert f"resumed from {end_of_epoch_1} at epoch 2, step 0" in log_lines(run)
