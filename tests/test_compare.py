@@ -225,3 +225,33 @@ def test_quick_is_two_epochs_at_if_10_over_any_default_each_flag_once(tmp_path, 
     run_dir = tmp_path / "fashion_mnist_lt_if10_e2_quick" / "ce" / "seed0"
     assert [(folder, flags) for folder, _, _, flags in calls] == [(run_dir, base)] * 2
     assert "fashion_mnist_lt, IF 10, 2 epochs, seeds [0]" in capsys.readouterr().out
+
+
+def test_a_token_given_for_stage_1_is_in_no_file_or_line_the_comparison_writes(tmp_path, monkeypatch, capsys):
+    """A private Hub dataset needs ``-- --hub_token``: the stages get it, the grid's records, log, table and plot
+    do not."""
+    from cadel_modeling.compare.runs import shown
+    token = "hf_FAKEsecret123"
+    out = tmp_path / "grid"
+    given, titles = [], []
+    stand_in = fake_train([], strong=False, seconds=1.0)
+    monkeypatch.setattr(cli, "train", lambda run_dir, recipe, seed, base, extra, *rest: (
+        given.append(list(extra)), stand_in(run_dir, recipe, seed, base, extra, *rest))[1])
+    real_plot = cli.plot
+    monkeypatch.setattr(cli, "plot", lambda agg, diffs, path, title: (titles.append(title),
+                                                                      real_plot(agg, diffs, path, title)))
+    assert cli.main(["--recipes", "ce", "cadel", "--seeds", "0", "--out", str(out), "--", "--hub_token", token]) == 0
+    assert given == [["--hub_token", token]] * 2  # the stages themselves get the token
+    assert titles and token not in titles[0] and "--hub_token ***" in titles[0]
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["extra_stage1_flags"] == ["--hub_token", "***"] and "-- --hub_token ***`" in saved["how"]
+    # what a real run records: its command in lt_compare_run.json and the grid's log
+    cmd = stage1_command(Launcher("python"), out / "ce" / "seed0", "ce", 0, ["--config", "fashion_mnist_lt"],
+                         ["--hub_token", token])
+    assert token in cmd and "--hub_token ***" in shown(cmd)
+    run_logged([sys.executable, "-c", "pass", "--hub_token", token], out / "log.txt", "a stand-in stage")
+    assert "--hub_token ***" in (out / "log.txt").read_text()
+    written = [p for p in out.rglob("*") if p.is_file()]
+    assert {p.name for p in written} >= {"results.json", "table.md", "compare.png", "log.txt"}
+    assert not [p for p in written if token.encode() in p.read_bytes()]
+    assert token not in capsys.readouterr().out

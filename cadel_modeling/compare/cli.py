@@ -31,6 +31,7 @@ from typing import List, Optional
 
 from ..config import ConfigError, parse_config
 from ..utils.io import write_json
+from ..utils.secrets import redact, redact_args
 from .recipes import BASELINE, DEFAULT_RECIPES, RECIPES
 from .runs import Launcher, RunFailed, check_record, reads_back, stage1_command, train
 from .tables import aggregate, markdown, paired, plot
@@ -123,15 +124,16 @@ def main(argv: Optional[List[str]] = None, prog: str = "cadel-compare", out_root
     table = markdown(agg, diffs)
     cpu_s = sum(r["stage1_s"] + r["stage2_s"] for r in runs)
     what = describe(args.config, args.imb_factor, args.epochs)
-    command = " ".join([prog, shlex.join([*argv, *(["--", *extra] if extra else [])])])  # `--` flags too
+    shown_extra = redact_args(extra)  # recorded and drawn: a --hub_token given for stage 1 stays out of the files
+    command = redact(" ".join([prog, shlex.join([*argv, *(["--", *extra] if extra else [])])]))  # `--` flags too
     how = (f"`{command}`: {what}, seeds {seeds}; best epoch, tau and exit weights chosen on val; "
            f"test split; {len(runs)} runs, {cpu_s / 60:.0f} min of stage 1 + stage 2 wall time summed over the runs")
-    result = {"how": how, "recipes": {r: RECIPES[r][1] for r in args.recipes}, "extra_stage1_flags": extra,
+    result = {"how": how, "recipes": {r: RECIPES[r][1] for r in args.recipes}, "extra_stage1_flags": shown_extra,
               "aggregate": agg, "paired_vs_baseline": {"baseline": BASELINE, "All": diffs}, "runs": runs,
               "wall_s": round(time.time() - started, 1)}
     write_json(out / "results.json", result)
     (out / "table.md").write_text(table + "\n\n" + how + "\n")
-    plot(agg, diffs, out / plot_name, f"{what}{', ' + ' '.join(extra) if extra else ''}, {len(seeds)} seeds")
+    plot(agg, diffs, out / plot_name, f"{what}{', ' + ' '.join(shown_extra) if extra else ''}, {len(seeds)} seeds")
     if args.results:
         write_json(args.results, result)
     print(table + "\n\n" + how)

@@ -14,6 +14,7 @@ from typing import List, Sequence
 from ..config import ConfigError
 from ..run_layout import CHECKPOINTS, STAGE1_SUMMARY_FILE, STAGE2_RESULTS_FILE, stage2_dir
 from ..utils.io import write_json
+from ..utils.secrets import redact
 from .recipes import RECIPES, run_rows
 
 RUN_RECORD = "lt_compare_run.json"  # the name benchmarks/lt_compare.py always used: its run folders stay readable
@@ -50,8 +51,8 @@ def stage1_command(launcher: Launcher, run_dir: Path, recipe: str, seed: int, ba
 
 
 def shown(cmd: Sequence[str]) -> str:
-    """A command as recorded: the interpreter without its folder."""
-    return " ".join([Path(cmd[0]).name, *cmd[1:]])
+    """A command as recorded: the interpreter without its folder, any token redacted."""
+    return redact(" ".join([Path(cmd[0]).name, *cmd[1:]]))
 
 
 def stage1_flags(command: str) -> str:
@@ -78,7 +79,7 @@ def reads_back(run_dir: Path, rerun_stage2: bool) -> bool:
 def run_logged(cmd: Sequence[str], log: Path, what: str) -> float:
     t0 = time.time()
     with open(log, "a") as fh:
-        fh.write("$ " + " ".join(cmd) + "\n")
+        fh.write("$ " + redact(" ".join(cmd)) + "\n")
         fh.flush()
         start = fh.tell()
         done = subprocess.run(list(cmd), stdout=fh, stderr=subprocess.STDOUT)

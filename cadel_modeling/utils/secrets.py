@@ -4,7 +4,8 @@ printed command line (``--hub_token ***``). The token itself is best not typed a
 from __future__ import annotations
 
 import re
-from typing import Mapping
+import shlex
+from typing import List, Mapping, Sequence
 
 SECRET_KEYS = ("hub_token",)
 # --hub_token X, --hub-token=X, cadel-push-to-hub's --token X; and anything shaped like a Hub token (hf_ + 30 or more
@@ -17,6 +18,11 @@ MASK = "***"
 def redact(text: str) -> str:
     """``text`` with every token flag's value and every Hub-token-shaped word replaced by ``***``."""
     return _HUB_TOKEN.sub(MASK, _FLAG_VALUE.sub(lambda m: f"{m.group(1)}{m.group(2)}{MASK}", text))
+
+
+def redact_args(args: Sequence[str]) -> List[str]:
+    """A command's argument list with every token redacted (the rule of ``redact``), e.g. flags a tool records."""
+    return shlex.split(redact(shlex.join(args)))
 
 
 def without_secrets(mapping: Mapping) -> dict:
